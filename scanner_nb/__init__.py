@@ -1,0 +1,56 @@
+"""scanner_nb: Scanner's video-processing model in pure Python on Dask, made for notebooks.
+
+``import scanner_nb as sp``; see the README and the notebooks for a tour. This module holds
+the public names only (API.md); it imports nothing optional (no PyAV, CuPy, ipywidgets or
+matplotlib at import time).
+"""
+
+from . import types
+from .client import Client
+from .devices import DeviceType
+from .errors import (
+    DeviceUnavailableError,
+    InvalidNameError,
+    KernelError,
+    RowIndexError,
+    ScannerError,
+    ScannerTypeError,
+    ScannerValueError,
+    StorageError,
+    StreamExistsError,
+    StreamNotFoundError,
+    VideoError,
+    VideoNotFoundError,
+)
+from .kernel import Kernel, KernelConfig, register_python_op
+from .sources import MemoryStream
+from .stream import Stream
+from .streamops import SliceList
+from .types import FrameType
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "DeviceType",
+    "DeviceUnavailableError",
+    "FrameType",
+    "InvalidNameError",
+    "Kernel",
+    "KernelConfig",
+    "KernelError",
+    "MemoryStream",
+    "RowIndexError",
+    "ScannerError",
+    "ScannerTypeError",
+    "ScannerValueError",
+    "SliceList",
+    "StorageError",
+    "Stream",
+    "StreamExistsError",
+    "StreamNotFoundError",
+    "VideoError",
+    "VideoNotFoundError",
+    "register_python_op",
+    "types",
+]

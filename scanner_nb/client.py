@@ -1,0 +1,276 @@
+"""``Client``: where graphs run (the local threaded scheduler or a dask.distributed cluster).
+
+It owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``,
+``sc.partitioner`` and ``sc.run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any, Callable, Sequence
+
+import dask
+import dask.threaded
+from dask.base import tokenize
+
+from . import runtime
+from .devices import DeviceType, choose_device, gpu_available
+from .errors import ScannerTypeError, ScannerValueError
+from .kernel import OpSpec, lookup_op, op_names
+from .plan import OpNode, Ref, SourceNode
+from .stream import Stream
+from .streamops import Partitioner, StreamOps, per_stream
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Entry point: builds graphs and runs them.
+
+    Parameters
+    ----------
+    address : str, distributed.Client or cluster, optional
+        ``None`` (default) runs on the local threaded Dask scheduler. A scheduler address
+        (``"tcp://host:8786"``), a ``distributed.Client`` or a cluster (``LocalCluster``) runs
+        on that cluster. A client or cluster passed in is never closed by :meth:`close`.
+    db_path : str, optional
+        Where stored streams live: any fsspec URL. Default: ``$SCANNER_NB_DB``, else
+        ``~/.scanner_nb/db``.
+    partition_size : int, optional
+        Rows per partition. ``None`` (default): about 64 MiB of frames a partition, 4,096 rows
+        of other elements, whole groups of pictures for videos (see README, "Partitions").
+    show_progress : bool
+        Whether ``compute()`` shows a progress bar (a widget in Jupyter, text in a terminal).
+
+    Examples
+    --------
+    >>> with Client(show_progress=False) as sc:
+    ...     sc.io.Input([MemoryStream([1, 2, 3])]).compute()
+    [[1, 2, 3]]
+    """
+
+    def __init__(self, address: Any = None, db_path: str | None = None,
+                 partition_size: int | None = None, show_progress: bool = True):
+        if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
+                partition_size, int) or partition_size < 1):
+            raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
+        self.token = uuid.uuid4().hex
+        self.partition_size = partition_size
+        self.show_progress = show_progress
+        self._db_path = db_path
+        self._db = None
+        self._gpu_usable: bool | None = None
+        self.distributed, self._owns_distributed = _connect(address)
+        self.ops = _Ops(self)
+        self.streams = StreamOps(self)
+        self.io = _IO(self)
+        self.partitioner = Partitioner()
+        self.closed = False
+
+    # ------------------------------------------------------------ scheduling
+    @property
+    def scheduler(self) -> Callable:
+        """The ``get`` function graphs of this client run with."""
+        return self.distributed.get if self.distributed is not None else dask.threaded.get
+
+    def gpu_usable(self) -> bool:
+        """Whether a GPU is usable where graphs run (here, or on every worker of the cluster)."""
+        if self._gpu_usable is None:
+            if self.distributed is None:
+                self._gpu_usable = gpu_available()
+            else:
+                found = self.distributed.run(gpu_available)
+                self._gpu_usable = bool(found) and all(found.values())
+        return self._gpu_usable
+
+    def instance_key(self, node: OpNode) -> str:
+        """The key kernel instances of ``node`` are shared under: op version and init args."""
+        key = getattr(node, "_instance_key", None)
+        if key is None:
+            key = f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
+            node._instance_key = key
+        return key
+
+    def compute_collections(self, collections: Sequence, progress: bool | None = None,
+                            **kwargs) -> list:
+        """Compute dask collections on this client's scheduler, with a progress bar if asked."""
+        show = self.show_progress if progress is None else progress
+        if self.distributed is not None:
+            if not show:
+                return list(dask.compute(*collections, scheduler=self.distributed, **kwargs))
+            from distributed import progress as distributed_progress
+
+            futures = self.distributed.compute(list(collections), **kwargs)
+            distributed_progress(futures)
+            return self.distributed.gather(futures)
+        bar = contextlib.nullcontext()
+        if show:
+            from tqdm.dask import TqdmCallback
+
+            bar = TqdmCallback(desc="scanner_nb", leave=False)
+        with bar:
+            return list(dask.compute(*collections, scheduler=dask.threaded.get, **kwargs))
+
+    # ------------------------------------------------------------ ops
+    def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
+        op = spec.name
+        streams: list[tuple[str, Any]] = []
+        if spec.variadic:
+            streams = [(f"{spec.stream_params[0].name}[{i}]", a) for i, a in enumerate(args)]
+            if not streams:
+                raise ScannerTypeError(f"op {op!r} takes one or more streams as positional args")
+        else:
+            if len(args) > len(spec.stream_params):
+                raise ScannerTypeError(
+                    f"op {op!r} takes {len(spec.stream_params)} stream(s), got {len(args)} "
+                    f"positional argument(s)")
+            given = dict(zip((p.name for p in spec.stream_params), args))
+            for p in spec.stream_params:
+                if p.name in kwargs:
+                    if p.name in given:
+                        raise ScannerTypeError(f"op {op!r} got stream {p.name!r} twice")
+                    given[p.name] = kwargs.pop(p.name)
+                if p.name not in given:
+                    raise ScannerTypeError(f"op {op!r} is missing stream param {p.name!r}")
+                streams.append((p.name, given[p.name]))
+        for (name, value), param in zip(streams, spec.stream_params * len(streams)):
+            if not isinstance(value, Stream):
+                raise ScannerTypeError(
+                    f"op {op!r}: stream param {name!r} takes a Stream (from sc.io.Input, an op "
+                    f"or sc.streams), got {type(value).__name__}")
+            if param.type.name not in ("Any", value.type_name):
+                raise ScannerTypeError(
+                    f"op {op!r}: stream param {name!r} takes {param.type.name} elements, got a "
+                    f"stream of {value.type_name}")
+        first = streams[0][1]
+        for name, value in streams[1:]:
+            if value.lengths != first.lengths:
+                raise ScannerValueError(
+                    f"op {op!r}: stream param {name!r} has streams of lengths {value.lengths} but "
+                    f"{streams[0][0]!r} has {first.lengths}; inputs must match in count and length")
+            if value._ref.node.slices != first._ref.node.slices:
+                raise ScannerValueError(
+                    f"op {op!r}: stream param {name!r} is sliced differently from {streams[0][0]!r}")
+        init_args, config_args = {}, {}
+        for key, value in kwargs.items():
+            if key in spec.config_params:
+                config_args[key] = per_stream(value, first, f"op {op!r} stream-config param {key!r}")
+            elif key in spec.init_params or spec.init_accepts_any:
+                init_args[key] = value
+            else:
+                known = [p.name for p in spec.stream_params] + list(spec.init_params) + list(
+                    spec.config_params)
+                raise ScannerTypeError(
+                    f"op {op!r} got an unknown keyword argument {key!r}; it takes {known}")
+        for table, given, what in ((spec.init_params, init_args, "init"),
+                                   (spec.config_params, config_args, "stream-config")):
+            for name, default in table.items():
+                if name not in given:
+                    if default is _EMPTY:
+                        raise ScannerTypeError(f"op {op!r} is missing {what} param {name!r}")
+                    if what == "stream-config":
+                        given[name] = [default] * first.num_streams
+        device = choose_device(op, spec.device_sets, self.gpu_usable()) if any(
+            d is DeviceType.GPU for d, _ in spec.device_sets) else DeviceType.CPU
+        node = OpNode(spec, [value._ref for _, value in streams], init_args, config_args, device)
+        outputs = [Stream(self, Ref(node, i)) for i in range(len(spec.outputs))]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    # ------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close kernel instances (here and on the workers) and any cluster client made here."""
+        if self.closed:
+            return
+        self.closed = True
+        runtime.close_instances()
+        if self.distributed is not None:
+            with contextlib.suppress(Exception):
+                self.distributed.run(runtime.close_instances)
+            if self._owns_distributed:
+                self.distributed.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "local threads" if self.distributed is None else repr(self.distributed)
+        return f"<scanner_nb.Client on {where}, partition_size={self.partition_size}>"
+
+
+from inspect import Parameter as _Parameter  # noqa: E402
+
+_EMPTY = _Parameter.empty
+
+
+def _connect(address: Any):
+    """``(distributed.Client or None, whether we made it)`` for a Client's ``address``."""
+    if address is None:
+        return None, False
+    import distributed
+
+    if isinstance(address, distributed.Client):
+        return address, False
+    if isinstance(address, str) or hasattr(address, "scheduler_address"):
+        return distributed.Client(address, set_as_default=False), True
+    raise ScannerTypeError(
+        f"address must be None, a scheduler address, a distributed.Client or a cluster, "
+        f"got {type(address).__name__}")
+
+
+class _OpCall:
+    """``sc.ops.Name``: calling it adds the op to the plan and returns its output stream(s)."""
+
+    def __init__(self, client: Client, spec: OpSpec):
+        self._client, self.spec = client, spec
+        self.__name__ = spec.name
+        self.__doc__ = (spec.function or spec.kernel_cls).__doc__
+
+    def __call__(self, *args, **kwargs):
+        return self._client._call_op(self.spec, args, dict(kwargs))
+
+    def __repr__(self) -> str:
+        params = [p.name for p in self.spec.stream_params]
+        return f"<op {self.spec.name}: streams {params}, init {list(self.spec.init_params)}, " \
+               f"stream-config {list(self.spec.config_params)}>"
+
+
+class _Ops:
+    """``sc.ops``: every registered op, by name."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def __getattr__(self, name: str) -> _OpCall:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _OpCall(self._client, lookup_op(name))
+
+    def __dir__(self) -> list[str]:
+        return op_names()
+
+
+class _IO:
+    """``sc.io``: ``Input`` turns stream sources into a Stream; ``Output`` names stored results."""
+
+    def __init__(self, client: Client):
+        self._client = client
+
+    def Input(self, sources: Sequence) -> Stream:
+        """A Stream reading ``sources`` (MemoryStream, NamedVideoStream, NamedStream), one each."""
+        if not isinstance(sources, (list, tuple)) or not sources:
+            raise ScannerTypeError("sc.io.Input takes a non-empty list of streams")
+        bad = [s for s in sources if not (hasattr(s, "partition") and hasattr(s, "type_name"))]
+        if bad:
+            raise ScannerTypeError(
+                f"sc.io.Input takes MemoryStream, NamedVideoStream or NamedStream objects, got "
+                f"{type(bad[0]).__name__}")
+        types = {s.type_name for s in sources}
+        if len(types) > 1:
+            raise ScannerTypeError(f"sc.io.Input streams must share one element type, got {sorted(types)}")
+        for s in sources:
+            getattr(s, "check_input", lambda: None)()
+        return Stream(self._client, Ref(SourceNode(list(sources))))

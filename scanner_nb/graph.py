@@ -1,0 +1,130 @@
+"""From a plan and the rows asked for to a Dask graph: one task per partition per node.
+
+Each node becomes one layer, built as ``dask.bag`` builds its layers: a readable name plus a
+token, a dict of tasks, then a ``HighLevelGraph``. Stencils and warm-up read the rows they need
+from neighbouring partitions (overlap, as ``dask.array.map_overlap`` does), so no partition is
+computed twice.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import runtime
+from .plan import Node, NodePlan, OpNode, Ref, SampleNode, SourceNode, analyze
+
+__all__ = ["Built", "build_graph"]
+
+
+@dataclass
+class Built:
+    """A built graph: the graph, the root's partition keys and rows per stream."""
+
+    graph: HighLevelGraph
+    keys: dict[int, list]  # stream -> partition keys of the root output
+    rows: dict[int, list[np.ndarray]]  # stream -> rows of each of those partitions
+    plans: dict[Node, NodePlan]
+
+
+def _layer_name(node: Node, plan: NodePlan) -> str:
+    fingerprint = tokenize(node.token, sorted(
+        (s, [p.tobytes() for p in sp.parts]) for s, sp in plan.streams.items()))
+    label = node.label if node.kind != "source" else "input"
+    return f"{label.lower()}-{fingerprint}"
+
+
+def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,
+                session: str, instance_key) -> Built:
+    """Build the Dask graph that computes ``requested`` rows of ``root``.
+
+    Parameters
+    ----------
+    root : Ref
+        The output asked for.
+    requested : dict
+        Stream -> sorted unique rows.
+    partition_size : int or None
+        Rows per partition; ``None`` lets each source choose.
+    session : str
+        The client's token (``fetch_resources`` runs once per machine per session).
+    instance_key : callable
+        ``OpNode -> str``: kernel instances are shared under this key.
+    """
+    plans = analyze(root, requested, partition_size)
+    names: dict[Node, str] = {}
+    layers: dict[str, dict] = {}
+    deps: dict[str, set] = {}
+
+    def key(ref: Ref, stream: int, part: int):
+        name = names[ref.node]
+        if len(ref.node.types) > 1:
+            return (f"{name}-out{ref.output}", stream, part)
+        return (name, stream, part)
+
+    def pieces(ref: Ref, plan_pieces) -> list:
+        return [[key(ref, p.stream, p.part), p.positions] for p in plan_pieces]
+
+    for node, plan in plans.items():
+        name = names[node] = _layer_name(node, plan)
+        tasks: dict = {}
+        dependencies = {names[ref.node] for ref in node.inputs}
+        for s, sp in plan.streams.items():
+            for p, rows in enumerate(sp.parts):
+                if isinstance(node, SourceNode):
+                    tasks[(name, s, p)] = _source_task(node.sources[s], s, rows)
+                elif isinstance(node, OpNode):
+                    _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key)
+                else:
+                    tasks[(name, s, p)] = (runtime.sample, s, rows, node.types[0].name,
+                                           pieces(node.inputs[0], sp.pieces[p][0]), sp.orders[p])
+                for out in range(len(node.types)) if len(node.types) > 1 else ():
+                    tasks[(f"{name}-out{out}", s, p)] = (operator.getitem, (name, s, p), out)
+        for source in getattr(node, "sources", ()):
+            if hasattr(source, "graph"):  # persisted partitions: their results join the graph
+                layers[f"persisted-{source.token}"] = source.graph
+                deps[f"persisted-{source.token}"] = set()
+                dependencies.add(f"persisted-{source.token}")
+        layers[name] = tasks
+        deps[name] = dependencies
+    root_plan = plans[root.node]
+    keys, rows = {}, {}
+    for s, wanted in requested.items():
+        sp = root_plan.streams.get(s)
+        if sp is None:
+            keys[s], rows[s] = [], []
+            continue
+        keys[s] = [key(root, s, p) for p in range(len(sp.parts))]
+        rows[s] = list(sp.parts)
+        if len(sp.rows) != len(wanted):  # the root computed more (unbounded state): keep asked
+            name = f"select-{tokenize(names[root.node], wanted.tobytes())}"
+            layer = layers.setdefault(name, {})
+            deps[name] = {names[root.node]}
+            pieces_ = [[k, np.flatnonzero(np.isin(r, wanted))] for k, r in zip(keys[s], rows[s])]
+            layer[(name, s, 0)] = (runtime.take_rows, pieces_)
+            keys[s], rows[s] = [(name, s, 0)], [np.asarray(wanted)]
+    return Built(HighLevelGraph(layers, deps), keys, rows, plans)
+
+
+def _source_task(source, stream: int, rows: np.ndarray) -> tuple:
+    if hasattr(source, "task"):
+        return source.task(stream, rows)
+    return (runtime.read_source, source, stream, rows)
+
+
+def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key) -> None:
+    ctx = runtime.OpContext(node.spec, node.init_args, node.config_args, node.device,
+                            instance_key(node), session)
+    inputs = [pieces(ref, sp.pieces[p][i]) for i, ref in enumerate(node.inputs)]
+    if not node.spec.unbounded_state:
+        tasks[(name, s, p)] = (runtime.run_op, ctx, s, rows, inputs)
+        return
+    chain = f"{name}-chain"
+    previous = (chain, s, p - 1) if p else None
+    last = p == len(sp.parts) - 1
+    tasks[(chain, s, p)] = (runtime.run_op, ctx, s, rows, inputs, previous, last)
+    tasks[(name, s, p)] = (operator.getitem, (chain, s, p), 0)

@@ -1,0 +1,358 @@
+"""``Stream``: a lazy Dask collection of one or more streams of typed elements.
+
+A ``Stream`` holds one output of a node of the logical plan. It is a real Dask collection
+(the protocol ``dask.bag.Bag`` implements), so ``dask.compute(a, b)`` shares the work both need,
+and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+from dask.base import DaskMethodsMixin, tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from . import runtime
+from .errors import RowIndexError, ScannerTypeError
+from .graph import Built, build_graph
+from .plan import OpNode, Ref, SourceNode
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Stream"]
+
+
+class Stream(DaskMethodsMixin):
+    """A lazy collection of one or more streams; the result of every op and stream operation.
+
+    Nothing is computed until ``compute()`` (or ``preview``, ``plot``, ``show_video``,
+    ``sc.run``). Each stream is split into partitions of consecutive rows.
+
+    Examples
+    --------
+    >>> sc = sp.Client(show_progress=False)                                  # doctest: +SKIP
+    >>> nums = sc.io.Input([sp.MemoryStream([1, 2, 3]), sp.MemoryStream([4])])  # doctest: +SKIP
+    >>> nums.compute()                                                       # doctest: +SKIP
+    [[1, 2, 3], [4]]
+    """
+
+    def __init__(self, client: Client, ref: Ref, *, requested: dict | None = None,
+                 partition_size: int | None | str = "client"):
+        self._client = client
+        self._ref = ref
+        self._requested = requested
+        self._partition_size = partition_size
+        self._built: Built | None = None
+
+    # ------------------------------------------------------------ what it is
+    @property
+    def client(self) -> Client:
+        """The client this stream belongs to."""
+        return self._client
+
+    @property
+    def type_name(self) -> str:
+        """The element type's registered name, e.g. ``"FrameType"``."""
+        return self._ref.type.name
+
+    @property
+    def lengths(self) -> list[int]:
+        """The length of each stream."""
+        return list(self._ref.node.lengths)
+
+    @property
+    def num_streams(self) -> int:
+        """How many streams (or slices) this collection holds."""
+        return self._ref.node.n_streams
+
+    def _derive(self, *, requested: dict | None = None,
+                partition_size: int | None | str = "client") -> Stream:
+        return Stream(self._client, self._ref, requested=requested,
+                      partition_size=partition_size)
+
+    # ------------------------------------------------------------ graph
+    def _build(self) -> Built:
+        if self._built is None:
+            requested = self._requested
+            if requested is None:
+                requested = {s: np.arange(n, dtype=np.int64) for s, n in enumerate(self.lengths)}
+            size = self._partition_size
+            size = self._client.partition_size if size == "client" else size
+            self._built = build_graph(self._ref, requested, size, self._client.token,
+                                      self._client.instance_key)
+        return self._built
+
+    def _streams(self) -> list[int]:
+        return sorted(self._build().keys)
+
+    def __dask_graph__(self) -> HighLevelGraph:
+        return self._build().graph
+
+    def __dask_keys__(self) -> list:
+        built = self._build()
+        return [built.keys[s] for s in self._streams()]
+
+    def __dask_layers__(self) -> tuple:
+        built = self._build()
+        return tuple({k[0] for keys in built.keys.values() for k in keys}) or tuple(
+            built.graph.layers)
+
+    def __dask_tokenize__(self):
+        return (self._ref.node.token, self._ref.output, tokenize(self._requested),
+                self._partition_size)
+
+    def __dask_postcompute__(self):
+        return _finalize, (self.type_name,)
+
+    def __dask_postpersist__(self):
+        built = self._build()
+        return _rebuild, (self._client, self.type_name, self.lengths, built.keys, built.rows)
+
+    @property
+    def __dask_scheduler__(self) -> Callable:
+        return self._client.scheduler
+
+    # ------------------------------------------------------------ results
+    def compute(self, progress: bool | None = None, perf_params=None, **kwargs) -> list:
+        """Compute every stream.
+
+        Returns
+        -------
+        list
+            One entry per stream: an ``(n, H, W, C)`` numpy array for frame streams (a list
+            where shapes differ or nulls occur), a list of elements otherwise; nulls are ``None``.
+        """
+        view = self
+        if perf_params is not None:
+            view = self._derive(requested=self._requested,
+                                partition_size=perf_params.partition_size_for(self))
+        return self._client.compute_collections([view], progress=progress, **kwargs)[0]
+
+    def persist(self, **kwargs) -> Stream:
+        """Compute the partitions and keep them (in memory, or on the cluster's workers)."""
+        if self._client.distributed is not None:
+            kwargs.setdefault("scheduler", self._client.distributed)
+        else:
+            kwargs.setdefault("scheduler", self._client.scheduler)
+        return super().persist(**kwargs)
+
+    def partitions_info(self) -> list[dict]:
+        """Per stream: its length and the ``(start, end)`` rows of each partition."""
+        built = self._build()
+        return [{"length": n, "boundaries": [(int(r[0]), int(r[-1]) + 1) for r in built.rows.get(s, [])]}
+                for s, n in enumerate(self.lengths)]
+
+    def to_delayed(self) -> list[list]:
+        """Per stream, a list of ``dask.delayed`` partitions, each computing to a list."""
+        from dask.delayed import Delayed
+
+        built = self._build()
+        name = f"to-list-{tokenize(self)}"
+        layer = {(name, s, p): (runtime.batch_to_list, k)
+                 for s in self._streams() for p, k in enumerate(built.keys[s])}
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[self])
+        return [[Delayed((name, s, p), graph) for p in range(len(built.keys[s]))]
+                for s in self._streams()]
+
+    def to_dask_array(self) -> list:
+        """Frame streams: a list with one ``dask.array`` ``(n, H, W, C)`` per stream.
+
+        The frame size is read from row 0 of each stream (computing that one row).
+        """
+        import dask.array as da
+
+        if self.type_name != "FrameType":
+            raise ScannerTypeError(
+                f"to_dask_array needs a frame stream; this one holds {self.type_name} elements")
+        built = self._build()
+        arrays = []
+        for s in self._streams():
+            first = self.row(s, 0) if self.lengths[s] else np.zeros((0, 0, 3), np.uint8)
+            name = f"frames-{tokenize(self, s)}"
+            layer = {(name, p, 0, 0, 0): (_frames_of, k) for p, k in enumerate(built.keys[s])}
+            graph = HighLevelGraph.from_collections(name, layer, dependencies=[self])
+            chunks = (tuple(len(r) for r in built.rows[s]),) + tuple((d,) for d in first.shape)
+            arrays.append(da.Array(graph, name, chunks, dtype=first.dtype))
+        return arrays
+
+    def row(self, stream_index: int, row: int) -> Any:
+        """Compute one element, through the row analysis (only what that row needs)."""
+        n = self._check_stream(stream_index)
+        if not 0 <= row < n:
+            raise RowIndexError(f"row {row} is outside stream {stream_index} of length {n}")
+        view = self._derive(requested={stream_index: np.array([row], np.int64)})
+        return self._client.compute_collections([view], progress=False)[0][0][0]
+
+    def rows(self, stream_index: int, rows: Sequence[int], progress: bool | None = False):
+        """Compute the elements at ``rows`` of one stream (sorted, repeats allowed)."""
+        n = self._check_stream(stream_index)
+        wanted = np.asarray(rows, dtype=np.int64)
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= n):
+            raise RowIndexError(f"rows outside stream {stream_index} of length {n}")
+        unique, inverse = np.unique(wanted, return_inverse=True)
+        view = self._derive(requested={stream_index: unique})
+        got = self._client.compute_collections([view], progress=progress)[0][0]
+        if isinstance(got, np.ndarray):
+            return got[inverse]
+        return [got[i] for i in inverse.tolist()]
+
+    def iter_partitions(self, stream_index: int = 0, window: int = 4) -> Iterator:
+        """Yield one stream's partitions in order as they are computed, ``window`` at a time.
+
+        Memory stays bounded by ``window`` partitions however long the stream is.
+        """
+        self._check_stream(stream_index)
+        delayed = self.to_delayed()[self._streams().index(stream_index)] if self.lengths[
+            stream_index] else []
+        import dask
+
+        for i in range(0, len(delayed), window):
+            for part in dask.compute(*delayed[i:i + window], scheduler=self._client.scheduler):
+                yield part
+
+    def _check_stream(self, stream_index: int) -> int:
+        if not 0 <= stream_index < self.num_streams:
+            raise RowIndexError(
+                f"stream {stream_index} does not exist; this collection has {self.num_streams}")
+        return self.lengths[stream_index]
+
+    def save_mp4(self, path: str, stream_index: int = 0, fps: float | None = None) -> str:
+        """Encode one frame stream to an H.264 mp4 at exactly ``path`` (partitions streamed)."""
+        from .video import encode_mp4
+
+        if self.type_name != "FrameType":
+            raise ScannerTypeError(f"save_mp4 needs a frame stream, not {self.type_name}")
+        self._check_stream(stream_index)
+        frames = (f for part in self.iter_partitions(stream_index) for f in part if f is not None)
+        encode_mp4(frames, path, fps=fps or self.fps(stream_index))
+        return path
+
+    def fps(self, stream_index: int = 0) -> float:
+        """The frame rate of the video this stream comes from (24 when it has none)."""
+        node = self._ref.node
+        while node.inputs:
+            node = node.inputs[0].node
+        source = node.sources[min(stream_index, len(node.sources) - 1)] if isinstance(
+            node, SourceNode) else None
+        return float(getattr(source, "fps", None) or 24.0)
+
+    # ------------------------------------------------------------ notebook
+    def preview(self, render: Callable | None = None):
+        """An ipywidgets preview: stream selector, slider with Play, the element drawn inline.
+
+        Each step computes only the row shown (plus a small cache and prefetch while playing).
+        """
+        from .notebook.preview import Preview
+
+        return Preview(self.row, self.lengths, is_frame=self.type_name == "FrameType",
+                       render=render, stream_names=self._stream_names(), fps=self.fps())
+
+    def plot(self, ax=None):
+        """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""
+        from .notebook.plot import plot_elements
+
+        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax)
+
+    def show_video(self, stream_index: int = 0, start: int = 0, end: int | None = None,
+                   fps: float | None = None):
+        """An inline HTML5 ``<video>`` of rows ``start:end`` of a frame stream (H.264, base64)."""
+        from .notebook.video import show_video_html
+
+        if self.type_name != "FrameType":
+            raise ScannerTypeError(f"show_video needs a frame stream, not {self.type_name}")
+        n = self._check_stream(stream_index)
+        end = n if end is None else min(end, n)
+        frames = self.rows(stream_index, range(start, end)) if end > start else []
+        return show_video_html(frames, fps=fps or self.fps(stream_index))
+
+    def _stream_names(self) -> list[str]:
+        node = self._ref.node
+        if node.slices is not None:
+            return [f"stream {p} slice {j}" for p, j in node.slices]
+        while node.inputs and not node.slices:
+            node = node.inputs[0].node
+        if isinstance(node, SourceNode) and len(node.sources) == self.num_streams:
+            return [getattr(s, "name", None) or f"stream {i}" for i, s in enumerate(node.sources)]
+        return [f"stream {i}" for i in range(self.num_streams)]
+
+    def summary(self) -> dict:
+        """The plan as plain data (nodes, streams, type) for reprs; computes nothing."""
+        from .plan import _topological
+
+        order = _topological(self._ref.node)
+        ids = {node: i for i, node in enumerate(order)}
+        nodes = []
+        for node in order:
+            if isinstance(node, SourceNode):
+                label = ", ".join(s.label for s in node.sources[:3]) + (
+                    f" … {len(node.sources) - 3} more" if len(node.sources) > 3 else "")
+                props = {"streams": node.n_streams, "type": node.types[0].name}
+            elif isinstance(node, OpNode):
+                label = node.label
+                props = {**node.init_args, **node.spec.properties, "device": node.device.value}
+            else:
+                label, props = node.label, {"args": getattr(node, "args", "")}
+            nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,
+                          "inputs": [ids[r.node] for r in node.inputs]})
+        names = self._stream_names()
+        return {"type": self.type_name, "nodes": nodes,
+                "streams": [{"index": i, "length": n, "source": names[i]}
+                            for i, n in enumerate(self.lengths)]}
+
+    def __repr__(self) -> str:
+        node = self._ref.node
+        shown = self.lengths[:8]
+        more = f", … {self.num_streams - 8} more" if self.num_streams > 8 else ""
+        return (f"<Stream {node.label}: {self.num_streams} stream(s) of {self.type_name}, "
+                f"lengths {shown}{more}>")
+
+    def _repr_html_(self) -> str:
+        try:
+            from .notebook.repr import plan_html
+
+            return plan_html(self.summary())
+        except Exception:
+            import html
+
+            return f"<pre>{html.escape(repr(self))}</pre>"
+
+
+def _finalize(results, type_name: str) -> list:
+    return [runtime.assemble_stream(batches, type_name) for batches in results]
+
+
+def _frames_of(batch):
+    return np.asarray(runtime.to_host(batch.elements))
+
+
+class PersistedSource:
+    """A source whose partitions are already computed (``persist()``): reads take from them."""
+
+    def __init__(self, type_name: str, length: int, keys: list, parts: list[np.ndarray], graph):
+        self.type_name, self.length, self.keys, self.parts, self.graph = (
+            type_name, length, keys, parts, graph)
+        self.label = "persisted"
+        self.token = uuid.uuid4().hex
+
+    def __len__(self) -> int:
+        return self.length
+
+    def partition(self, rows, partition_size):
+        starts = np.array([p[0] for p in self.parts], dtype=np.int64)
+        where = np.searchsorted(starts, rows, side="right") - 1
+        return [rows[where == q] for q in np.unique(where).tolist()]
+
+    def task(self, stream: int, rows: np.ndarray):
+        starts = np.array([p[0] for p in self.parts], dtype=np.int64)
+        q = int(np.searchsorted(starts, rows[0], side="right") - 1)
+        return (runtime.take_rows, [[self.keys[q], np.searchsorted(self.parts[q], rows)]])
+
+
+def _rebuild(dsk, client, type_name, lengths, keys, rows, rename=None):
+    graph = dict(dsk)
+    sources = [PersistedSource(type_name, n, keys.get(s, []), rows.get(s, []), graph)
+               for s, n in enumerate(lengths)]
+    return Stream(client, Ref(SourceNode(sources)))
