@@ -65,8 +65,8 @@ class Kernel:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("_scanner_nb_internal"):
-            return
+        if cls.__dict__.get("_scanner_nb_internal") or cls.execute is Kernel.execute:
+            return  # internal, abstract, or a class cloudpickle is still filling in
         _REGISTRY[cls.__name__] = _PendingClass(cls)
 
     def fetch_resources(self) -> None:

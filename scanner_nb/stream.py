@@ -88,6 +88,8 @@ class Stream(DaskMethodsMixin):
     def _streams(self) -> list[int]:
         return sorted(self._build().keys)
 
+    __dask_optimize__ = None  # the row analysis already builds only the tasks needed
+
     def __dask_graph__(self) -> HighLevelGraph:
         return self._build().graph
 
@@ -154,7 +156,7 @@ class Stream(DaskMethodsMixin):
         layer = {(name, s, p): (runtime.batch_to_list, k)
                  for s in self._streams() for p, k in enumerate(built.keys[s])}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[self])
-        return [[Delayed((name, s, p), graph) for p in range(len(built.keys[s]))]
+        return [[Delayed((name, s, p), graph, layer=name) for p in range(len(built.keys[s]))]
                 for s in self._streams()]
 
     def to_dask_array(self) -> list:
