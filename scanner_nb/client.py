@@ -171,6 +171,7 @@ class Client:
                         raise ScannerTypeError(f"op {op!r} is missing {what} param {name!r}")
                     if what == "stream-config":
                         given[name] = [default] * first.num_streams
+        _check_values(spec, init_args, config_args, first.num_streams)
         device = choose_device(op, spec.device_sets, self.gpu_usable()) if any(
             d is DeviceType.GPU for d, _ in spec.device_sets) else DeviceType.CPU
         node = OpNode(spec, [value._ref for _, value in streams], init_args, config_args, device)
@@ -204,6 +205,20 @@ class Client:
 from inspect import Parameter as _Parameter  # noqa: E402
 
 _EMPTY = _Parameter.empty
+
+
+def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: int) -> None:
+    """Run the kernel's ``check_args`` per stream; its errors become the op call's errors."""
+    check = getattr(spec.kernel_cls, "check_args", None)
+    if check is None or spec.function is not None:
+        return
+    for s in range(n_streams):
+        try:
+            check(**init_args, **{k: v[s] for k, v in config_args.items()})
+        except (ValueError, TypeError) as exc:
+            kind = ScannerValueError if isinstance(exc, ValueError) else ScannerTypeError
+            where = f" (stream {s})" if config_args and n_streams > 1 else ""
+            raise kind(f"op {spec.name!r}{where}: {exc}") from exc
 
 
 def _connect(address: Any):

@@ -315,7 +315,7 @@ def array_module(device: DeviceType) -> ModuleType:
 
 
 def array_module_of(*arrays: Any) -> ModuleType:
-    """``cupy`` if any of ``arrays`` lives on a GPU, else ``numpy`` (like ``cupy.get_array_module``).
+    """``cupy`` if any of ``arrays`` is on a GPU, else ``numpy`` (as ``cupy.get_array_module``).
 
     >>> array_module_of(np.zeros(3)).__name__
     'numpy'

@@ -8,6 +8,7 @@ computed twice.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from dataclasses import dataclass
 
@@ -32,10 +33,15 @@ class Built:
 
 
 def _layer_name(node: Node, plan: NodePlan) -> str:
-    fingerprint = tokenize(node.token, sorted(
-        (s, [p.tobytes() for p in sp.parts]) for s, sp in plan.streams.items()))
+    """A readable name plus a token of the node and the partitions asked of it."""
+    digest = hashlib.blake2b(node.token.encode(), digest_size=16)
+    for s, sp in sorted(plan.streams.items()):
+        digest.update(f"|{s}:{len(sp.parts)}|".encode())
+        for part in sp.parts:
+            digest.update(part.tobytes())
+            digest.update(b",")
     label = node.label if node.kind != "source" else "input"
-    return f"{label.lower()}-{fingerprint}"
+    return f"{label.lower()}-{digest.hexdigest()}"
 
 
 def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,

@@ -69,6 +69,14 @@ class Kernel:
             return  # internal, abstract, or a class cloudpickle is still filling in
         _REGISTRY[cls.__name__] = _PendingClass(cls)
 
+    @classmethod
+    def check_args(cls, **params: Any) -> None:
+        """Check argument values at the op call, before anything runs (optional).
+
+        Called once per stream with the init params and that stream's stream-config params;
+        a ``ValueError`` or ``TypeError`` raised here becomes the op call's error.
+        """
+
     def fetch_resources(self) -> None:
         """Download or prepare what the op needs; runs once per machine."""
 

@@ -16,13 +16,14 @@ asked for and then splits each node's rows into partitions, forwards from the so
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from .types import StreamType, lookup_type
+from .types import Batch, StreamType, lookup_type
 
 __all__ = ["Source", "ListSource", "Ref", "Node", "SourceNode", "OpNode", "SampleNode",
            "StreamPlan", "NodePlan", "analyze", "memory_partitions"]
@@ -47,7 +48,19 @@ class Source(Protocol):
 #: Rows per partition when neither the client nor a source says otherwise: frames are sized
 #: to about 64 MiB a partition, other elements to 4,096 rows (see README, "Partitions").
 DEFAULT_ROWS = 4096
+MIN_ROWS = 64
 FRAME_PARTITION_BYTES = 64 << 20
+
+
+def default_rows(n: int) -> int:
+    """Rows per partition when nobody chose: enough partitions to keep every core busy
+    (four per core), at least 64 rows each and at most :data:`DEFAULT_ROWS`.
+
+    >>> default_rows(200_000), default_rows(100)
+    (4096, 64)
+    """
+    per_core = -(-n // (4 * (os.cpu_count() or 1)))
+    return int(min(DEFAULT_ROWS, max(MIN_ROWS, per_core)))
 
 
 def memory_partitions(rows: np.ndarray, partition_size: int) -> list[np.ndarray]:
@@ -57,6 +70,22 @@ def memory_partitions(rows: np.ndarray, partition_size: int) -> list[np.ndarray]
     [[0, 1], [2, 3], [4]]
     """
     return [rows[i:i + partition_size] for i in range(0, len(rows), partition_size)]
+
+
+class Payload:
+    """Elements carried inside a task; an opaque box, so Dask does not walk through them."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return (Payload, (self.value,))
+
+
+def _batch_of(stream: int, rows: np.ndarray, payload: Payload, type_name: str) -> Batch:
+    return Batch(stream, rows, payload.value, None, type_name)
 
 
 class ListSource:
@@ -73,11 +102,15 @@ class ListSource:
 
     def partition(self, rows, partition_size):
         if partition_size is None:
-            partition_size = DEFAULT_ROWS
+            partition_size = default_rows(len(rows))
             if self.type_name == "FrameType" and len(self.elements):
                 frame_bytes = max(1, int(getattr(self.elements[0], "nbytes", 1)))
-                partition_size = max(1, min(DEFAULT_ROWS, FRAME_PARTITION_BYTES // frame_bytes))
+                partition_size = max(1, min(partition_size, FRAME_PARTITION_BYTES // frame_bytes))
         return memory_partitions(rows, partition_size)
+
+    def task(self, stream: int, rows: np.ndarray) -> tuple:
+        """The read task with the partition's elements inside it, so a cluster ships only those."""
+        return (_batch_of, stream, rows, Payload(self.read(rows)), self.type_name)
 
     def read(self, rows):
         elements = self.elements

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .devices import DeviceType, array_module, to_device, to_host
+from .devices import DeviceType, array_module, is_device_array, to_device, to_host
 from .errors import KernelError, ScannerError
 from .kernel import Kernel, KernelConfig, OpSpec
 from .types import Batch, concat_batches, lookup_type, stack_elements
@@ -226,7 +226,7 @@ def _execute(ctx: OpContext, kernel: Kernel, stream: int, rows: np.ndarray,
     spec = ctx.spec
     n_out = len(spec.outputs)
     xp = array_module(ctx.device)
-    elements = [to_device(b.elements, xp) if ctx.device is DeviceType.GPU else to_host(b.elements)
+    elements = [to_device(b.elements, xp) if ctx.device is DeviceType.GPU else on_host(b.elements)
                 for b in joined]
     if (len(joined) == 1 and spec.stencil is None and not spec.batched and not spec.bounded_state
             and n_out == 1 and joined[0].nulls is None and np.array_equal(joined[0].rows, rows)):
@@ -353,17 +353,32 @@ def _check_len(value, n: int, what: str):
 
 # ---------------------------------------------------------------- results
 
+def on_host(elements):
+    """``elements`` with device arrays moved to the host; host data is returned as it is.
+
+    Only the first element of a list is looked at: a partition's elements come from one device.
+    """
+    if isinstance(elements, np.ndarray):
+        return elements
+    if is_device_array(elements):
+        return to_host(elements)
+    first = next((e for e in elements if e is not None), None) if isinstance(elements, list) else None
+    return to_host(elements) if first is not None and is_device_array(first) else elements
+
+
 def batch_to_list(batch: Batch) -> list:
     """A partition's elements as a list on the host (nulls as ``None``)."""
-    return list(to_host(batch.elements)) if batch.nulls is None else [
-        None if null else to_host(e) for e, null in zip(batch.elements, batch.nulls)]
+    elements = on_host(batch.elements)
+    if batch.nulls is None:
+        return elements if isinstance(elements, list) else list(elements)
+    return [None if null else e for e, null in zip(elements, batch.nulls)]
 
 
 def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | list:
     """One stream's result: frames as an ``(n, H, W, C)`` array where shapes agree, else a list."""
     elements = [e for b in batches for e in batch_to_list(b)]
     if type_name == "FrameType" and all(b.nulls is None for b in batches):
-        arrays = [to_host(b.elements) for b in batches]
+        arrays = [on_host(b.elements) for b in batches]
         if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len(
                 {a.shape[1:] for a in arrays}) == 1:
             return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]

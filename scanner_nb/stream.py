@@ -327,7 +327,7 @@ def _finalize(results, type_name: str) -> list:
 
 
 def _frames_of(batch):
-    return np.asarray(runtime.to_host(batch.elements))
+    return np.asarray(runtime.on_host(batch.elements))
 
 
 class PersistedSource:
