@@ -23,7 +23,8 @@ from .errors import (
     VideoNotFoundError,
 )
 from .kernel import Kernel, KernelConfig, register_python_op
-from .sources import MemoryStream
+from .run import CacheMode, PerfParams
+from .sources import MemoryStream, NamedStream, NamedVideoStream
 from .stream import Stream
 from .streamops import SliceList
 from .types import FrameType
@@ -40,6 +41,10 @@ __all__ = [
     "KernelConfig",
     "KernelError",
     "MemoryStream",
+    "NamedStream",
+    "NamedVideoStream",
+    "PerfParams",
+    "CacheMode",
     "RowIndexError",
     "ScannerError",
     "ScannerTypeError",

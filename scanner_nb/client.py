@@ -7,6 +7,7 @@ It owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from typing import Any, Callable, Sequence
 
@@ -67,6 +68,46 @@ class Client:
         self.io = _IO(self)
         self.partitioner = Partitioner()
         self.closed = False
+
+    # ------------------------------------------------------------ storage
+    @property
+    def db(self):
+        """The database of stored streams (``db_path``)."""
+        if self._db is None:
+            from .storage import Database, default_db_path
+
+            self._db = Database(self._db_path or default_db_path())
+        return self._db
+
+    @property
+    def index_cache_dir(self) -> str:
+        """The local folder video indexes are cached in: beside the database when it is local."""
+        from .storage import default_db_path
+
+        url = self._db_path or default_db_path()
+        if "://" not in url or url.startswith("file://"):
+            return os.path.join(os.path.abspath(os.path.expanduser(url.removeprefix("file://"))),
+                                ".video-index")
+        return os.path.join(os.path.expanduser("~"), ".cache", "scanner_nb", "video-index")
+
+    def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True) -> list:
+        """Compute and store outputs (``sc.io.Output``); returns the stored streams in order.
+
+        Parameters
+        ----------
+        outputs : Output or list of Output
+        perf_params : PerfParams, optional
+            Default ``PerfParams.estimate()``.
+        cache_mode : CacheMode
+            ``Error`` (default) refuses before any work if an output exists; ``Ignore`` skips
+            outputs that exist; ``Overwrite`` replaces them once the new content is complete.
+        show_progress : bool
+            A progress bar (a widget in Jupyter, text in a terminal).
+        """
+        from .run import CacheMode, run_outputs
+
+        return run_outputs(self, outputs, perf_params, cache_mode or CacheMode.Error,
+                           show_progress)
 
     # ------------------------------------------------------------ scheduling
     @property
@@ -289,3 +330,9 @@ class _IO:
         for s in sources:
             getattr(s, "check_input", lambda: None)()
         return Stream(self._client, Ref(SourceNode(list(sources))))
+
+    def Output(self, stream: Stream, targets: Sequence):
+        """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream)."""
+        from .run import Output
+
+        return Output(stream, targets)

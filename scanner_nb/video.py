@@ -62,6 +62,7 @@ __all__ = [
     "plan_partitions",
     "encode_mp4",
     "close_readers",
+    "index_cache_path",
 ]
 
 #: Exceptions PyAV raises for bad input (FFmpegError derives from OSError / ValueError subclasses).
@@ -258,10 +259,7 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     st = _stat(abspath)
     cache_file = None
     if cache_dir is not None:
-        cache_file = os.path.join(
-            os.fspath(cache_dir), hashlib.sha1(abspath.encode("utf-8", "surrogatepass")).hexdigest()
-            + ".vidx.npz"
-        )
+        cache_file = index_cache_path(abspath, cache_dir)
         cached = _load_cached_index(cache_file, abspath, st)
         if cached is not None:
             return cached
@@ -269,6 +267,13 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     if cache_file is not None:
         _save_cached_index(cache_file, index)
     return index
+
+
+def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
+    """Where :func:`index_video` caches the index of ``path`` in ``cache_dir``."""
+    abspath = os.path.abspath(os.fspath(path))
+    digest = hashlib.sha1(abspath.encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(os.fspath(cache_dir), digest + ".vidx.npz")
 
 
 def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result) -> VideoIndex | None:

@@ -1,0 +1,207 @@
+"""Storing results: ``sc.io.Output``, ``sc.run``, cache modes and performance parameters.
+
+A run computes each output stream partition by partition; the worker that computed a chunk
+writes it; when every chunk of every output is written, each output's manifest is written
+last and atomically (the commit). A run that fails commits nothing and leaves earlier streams
+as they were.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+from . import runtime
+from .errors import ScannerTypeError, ScannerValueError, StreamExistsError
+from .sources import NamedStream, NamedVideoStream
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["CacheMode", "PerfParams", "Output", "run_outputs"]
+
+
+class CacheMode(enum.Enum):
+    """What ``sc.run`` does with an output stream that exists already."""
+
+    Error = "error"  #: refuse before any work starts (default)
+    Ignore = "ignore"  #: skip that output, keep the stored one
+    Overwrite = "overwrite"  #: replace it, once the new content is complete
+
+
+@dataclass(frozen=True)
+class PerfParams:
+    """How a run is cut into work: ``io_packet_size`` rows per partition, at most
+    ``work_packet_size`` rows per ``execute`` step of a batch op.
+
+    Examples
+    --------
+    >>> PerfParams.manual(8, 64).io_packet_size
+    64
+    """
+
+    work_packet_size: int | None = None
+    io_packet_size: int | None = None
+    memory_fraction: float | None = None
+
+    @classmethod
+    def manual(cls, work_packet_size: int, io_packet_size: int) -> PerfParams:
+        """Fixed sizes: rows per ``execute`` step and rows per partition."""
+        for name, value in (("work_packet_size", work_packet_size),
+                            ("io_packet_size", io_packet_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ScannerValueError(f"PerfParams.manual: {name} must be an int >= 1, got {value!r}")
+        if work_packet_size > io_packet_size:
+            raise ScannerValueError(
+                f"PerfParams.manual: work_packet_size {work_packet_size} is larger than "
+                f"io_packet_size {io_packet_size}")
+        return cls(work_packet_size, io_packet_size)
+
+    @classmethod
+    def estimate(cls, memory_fraction: float = 0.25) -> PerfParams:
+        """Sizes chosen per run from the frame size and the memory at hand.
+
+        Partitions of frames are sized so that two in flight per core use at most
+        ``memory_fraction`` of the available memory (and never more than 64 MiB each).
+        """
+        return cls(None, None, memory_fraction)
+
+    def partition_size_for(self, stream: Stream) -> int | None:
+        """Rows per partition for computing ``stream``."""
+        if self.io_packet_size is not None:
+            return self.io_packet_size
+        frame_bytes = _frame_bytes(stream)
+        if frame_bytes is None:
+            return stream.client.partition_size
+        budget = _available_memory() * (self.memory_fraction or 0.25) / (2 * (os.cpu_count() or 1))
+        budget = min(budget, 64 << 20)
+        return max(1, int(budget // frame_bytes))
+
+
+def _available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # psutil comes with distributed; this is a fallback
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _frame_bytes(stream: Stream) -> int | None:
+    """Bytes of one source frame of ``stream``'s plan, if it reads frames."""
+    node = stream._ref.node
+    while node.inputs:
+        node = node.inputs[0].node
+    for source in getattr(node, "sources", ()):
+        file = getattr(source, "_file", None)
+        if file is not None:
+            return file.index.width * file.index.height * 3
+        elements = getattr(source, "elements", None)
+        if source.type_name == "FrameType" and elements is not None and len(elements):
+            return int(elements[0].nbytes)
+    return None
+
+
+class Output:
+    """``sc.io.Output(stream, [NamedStream, ...])``: where each stream of ``stream`` is stored."""
+
+    def __init__(self, stream: Stream, targets: Sequence[NamedStream]):
+        if not isinstance(stream, Stream):
+            raise ScannerTypeError(f"sc.io.Output takes a Stream, got {type(stream).__name__}")
+        targets = list(targets) if isinstance(targets, (list, tuple)) else targets
+        if not isinstance(targets, list) or not all(isinstance(t, NamedStream) for t in targets):
+            raise ScannerTypeError(
+                "sc.io.Output takes a list of sp.NamedStream / sp.NamedVideoStream, one per stream")
+        if len(targets) != stream.num_streams:
+            raise ScannerValueError(
+                f"sc.io.Output: {len(targets)} name(s) for {stream.num_streams} stream(s); give one "
+                f"sp.NamedStream per stream")
+        for t in targets:
+            if isinstance(t, NamedVideoStream) and t.path is not None:
+                raise ScannerValueError(
+                    f"sc.io.Output: {t.name!r} names a video file; outputs are stored in the "
+                    f"database: use sp.NamedVideoStream(sc, name) without path")
+        self.stream, self.targets = stream, targets
+
+
+def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_mode: CacheMode,
+                show_progress: bool) -> list[NamedStream]:
+    """``sc.run``: store every output; returns the stored streams in order (skipped included)."""
+    outputs = [outputs] if isinstance(outputs, Output) else list(outputs)
+    if not outputs or not all(isinstance(o, Output) for o in outputs):
+        raise ScannerTypeError("sc.run takes an sc.io.Output or a list of them")
+    if not isinstance(cache_mode, CacheMode):
+        raise ScannerTypeError(f"cache_mode must be an sp.CacheMode, got {cache_mode!r}")
+    jobs = [(o.stream, s, t) for o in outputs for s, t in enumerate(o.targets)]
+    names = [t.name for _, _, t in jobs]
+    if len(set(names)) != len(names):
+        raise ScannerValueError(f"sc.run: an output name is used twice in {names}")
+    client.db.check_writable()
+    existing = [t.name for _, _, t in jobs if t.exists()]
+    if existing and cache_mode is CacheMode.Error:
+        raise StreamExistsError(
+            f"stored stream(s) {existing} exist; pass cache_mode=sp.CacheMode.Overwrite to replace "
+            f"them or sp.CacheMode.Ignore to keep them")
+    todo = [job for job in jobs if not (cache_mode is CacheMode.Ignore and job[2].name in existing)]
+    if not todo:
+        return [t for _, _, t in jobs]
+    writers, layers, deps, keys = [], {}, {}, []
+    try:
+        for stream, s, target in todo:
+            view = stream._derive(partition_size=(perf_params or PerfParams.estimate())
+                                  .partition_size_for(stream))
+            built = view._build()
+            parts = built.rows[s]
+            chunk_rows = max((len(r) for r in parts), default=1)
+            writer = client.db.begin(target.name, stream.type_name, stream.lengths[s], chunk_rows)
+            writers.append((writer, target, stream, s))
+            layers.update(built.graph.layers)
+            for name, dep in built.graph.dependencies.items():
+                deps.setdefault(name, set()).update(dep)
+            name = f"store-{target.name}-{tokenize(writer.version)}"
+            layers[name] = _write_tasks(name, writer, built.keys[s], parts, stream.lengths[s],
+                                        chunk_rows)
+            deps[name] = {k[0] for k in built.keys[s]}
+            keys.append([(name, k) for k in range(writer.num_chunks)])
+        final = f"run-{tokenize(*[w.version for w, *_ in writers])}"
+        layers[final] = {(final, 0): (list, [list(k) for k in keys])}
+        deps[final] = {k[0][0] for k in keys if k}
+        graph = HighLevelGraph(layers, deps)
+        (infos,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
+                                              progress=show_progress)
+    except BaseException:
+        for writer, *_ in writers:
+            writer.abort()
+        raise
+    for (writer, target, stream, s), chunk_infos in zip(writers, infos):
+        writer.commit(chunk_infos)
+    return [t for _, _, t in jobs]
+
+
+def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,
+                 chunk_rows: int) -> dict:
+    """One write task per chunk of ``chunk_rows`` rows, taking rows from the partitions."""
+    starts = np.array([p[0] for p in parts], dtype=np.int64)
+    ends = np.array([p[-1] + 1 for p in parts], dtype=np.int64)
+    tasks = {}
+    for k in range(-(-length // chunk_rows)):
+        lo, hi = k * chunk_rows, min(length, (k + 1) * chunk_rows)
+        pieces = []
+        for q in np.flatnonzero((starts < hi) & (ends > lo)).tolist():
+            rows = parts[q]
+            sel = np.flatnonzero((rows >= lo) & (rows < hi))
+            pieces.append([part_keys[q], None if len(sel) == len(rows) else sel])
+        tasks[(name, k)] = (_write_chunk, writer, k, pieces)
+    return tasks
+
+
+def _write_chunk(writer, k: int, pieces) -> dict:
+    return writer.write_chunk(k, runtime.take_rows(pieces))
