@@ -189,7 +189,7 @@ def test_all_is_honest():
     public = {n for n in dir(sp) if not n.startswith("_")}
     modules = {"types", "errors", "kernel", "plan", "runtime", "graph", "stream", "streamops",
                "client", "sources", "devices", "video", "storage", "notebook", "imgproc",
-               "samples"}
+               "samples", "run", "_compat"}
     assert set(sp.__all__) == public - modules | ({"types"} & public)
     for name in sp.__all__:
         assert getattr(sp, name) is not None
