@@ -43,7 +43,8 @@ class OpContext:
 
 # ---------------------------------------------------------------- kernel instances
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
+_RELEASED = threading.Condition(_LOCK)
 _IDLE: dict[str, list[Kernel]] = {}
 _MADE: dict[str, list[Kernel]] = {}
 _FETCHED: set[str] = set()
@@ -78,10 +79,16 @@ def _fetch_once(ctx: OpContext, kernel: Kernel) -> None:
 
 
 def _acquire(ctx: OpContext, stream: int, row: int) -> Kernel:
-    with _LOCK:
+    """An idle instance of the op, or a new one; a GPU op keeps one instance per process
+    (one per GPU per worker), which its threads take in turn."""
+    with _RELEASED:
         idle = _IDLE.setdefault(ctx.instance_key, [])
+        one_per_process = ctx.device is DeviceType.GPU and not ctx.spec.unbounded_state
+        while not idle and one_per_process and _MADE.get(ctx.instance_key):
+            _RELEASED.wait()
         if idle:
             return idle.pop()
+        _MADE.setdefault(ctx.instance_key, [])
     try:
         kernel = ctx.spec.make_kernel(KernelConfig(ctx.init_args, ctx.device))
         _fetch_once(ctx, kernel)
@@ -95,8 +102,9 @@ def _acquire(ctx: OpContext, stream: int, row: int) -> Kernel:
 
 
 def _release(ctx: OpContext, kernel: Kernel) -> None:
-    with _LOCK:
+    with _RELEASED:
         _IDLE.setdefault(ctx.instance_key, []).append(kernel)
+        _RELEASED.notify_all()
 
 
 def close_instances() -> int:
