@@ -109,7 +109,7 @@ def main() -> None:
                      r["plain_s"], r["engine_s"], f"{r['speedup']:.2f}x faster"))
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                       silence_logs=40) as cluster:
         r = speedup(n_frames, max(1, repeat - 2), address=cluster)
         rows.append((f"{n_frames} frames 360p heavy op, LocalCluster 2x1", r["plain_s"],

@@ -14,7 +14,7 @@ def cluster():
     """A real dask.distributed LocalCluster: 2 worker processes, 1 thread each."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=40) as cluster:
+                                  dashboard_address=":0", silence_logs=40) as cluster:
         yield cluster
 
 

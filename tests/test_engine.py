@@ -320,3 +320,15 @@ def test_partitioners(local_client):
     assert sc.streams.Slice(s, [p.range(2, 5)]).compute() == [[2, 3, 4]]
     assert sc.streams.Slice(s, [p.ranges([(0, 2), (1, 3)])]).compute() == [[0, 1], [1, 2]]
     assert sc.streams.Slice(s, [p.strided_range(0, 10, 5)]).compute() == [[0, 5]]
+
+
+def test_cluster_workers_get_fast_numpy_allocations(cluster):
+    """Dask sets MALLOC_TRIM_THRESHOLD_ for its workers; the runtime retunes glibc there."""
+    import distributed
+
+    from scanner_nb import runtime
+
+    with distributed.Client(cluster, set_as_default=False) as dc:
+        env = dc.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(env.values()) == {"65536"}
+        assert all(dc.run(runtime.tune_allocator).values())
