@@ -378,13 +378,7 @@ def _plan_sample(node: SampleNode, t: int, rows: np.ndarray, plans,
     keys = _part_keys(streams, taken, valid, source)
     size = partition_size or max((len(p) for plan in source.values() for p in plan.parts),
                                  default=DEFAULT_ROWS)
-    bounds, start, small = [], 0, max(1, size // 8)
-    for i in range(1, len(rows)):
-        grown = i - start
-        if grown >= size or (keys[i] != keys[i - 1] and grown >= small):
-            bounds.append((start, i))
-            start = i
-    bounds.append((start, len(rows)))
+    bounds = _group_bounds(keys, size)
     parts = [rows[a:b] for a, b in bounds]
     plan = _stream_plan(rows, parts)
     for a, b in bounds:
@@ -404,6 +398,30 @@ def _plan_sample(node: SampleNode, t: int, rows: np.ndarray, plans,
         plan.pieces.append([pieces])
         plan.orders.append(order)
     return plan
+
+
+def _group_bounds(keys: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Cut rows into groups of at most ``size``, preferring cuts where ``keys`` change.
+
+    A group closes when it holds ``size`` rows, or when the input partition changes and it
+    holds at least ``size // 8`` rows (so one output partition reads few input partitions).
+
+    >>> _group_bounds(np.array([0, 0, 0, 1, 1, 2]), 8)
+    [(0, 3), (3, 5), (5, 6)]
+    >>> _group_bounds(np.zeros(5, int), 2)
+    [(0, 2), (2, 4), (4, 5)]
+    """
+    changes = np.flatnonzero(np.diff(keys)) + 1
+    bounds, start, small = [], 0, max(1, size // 8)
+    for cut in [*changes.tolist(), len(keys)]:
+        while cut - start > size:
+            bounds.append((start, start + size))
+            start += size
+        if cut - start >= small or cut == len(keys):
+            if cut > start:
+                bounds.append((start, cut))
+            start = cut
+    return bounds
 
 
 def _part_keys(streams, taken, valid, source) -> np.ndarray:

@@ -1,0 +1,18 @@
+"""The examples in the engine modules' docstrings run and print what they say."""
+
+import doctest
+
+import pytest
+
+from scanner_nb import _compat, client, plan, run, sources, streamops, types
+
+
+@pytest.mark.parametrize("module", [_compat, plan, types, streamops, run, sources, client],
+                         ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    import scanner_nb
+
+    result = doctest.testmod(module, extraglobs={"sp": scanner_nb, "Client": client.Client,
+                                                 "MemoryStream": sources.MemoryStream},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
