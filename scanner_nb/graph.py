@@ -45,7 +45,7 @@ def _layer_name(node: Node, plan: NodePlan) -> str:
 
 
 def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,
-                session: str, instance_key) -> Built:
+                session: str, instance_key, work_packet: int | None = None) -> Built:
     """Build the Dask graph that computes ``requested`` rows of ``root``.
 
     Parameters
@@ -60,6 +60,8 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         The client's token (``fetch_resources`` runs once per machine per session).
     instance_key : callable
         ``OpNode -> str``: kernel instances are shared under this key.
+    work_packet : int, optional
+        Most rows handed to one ``execute`` call of a batch op.
     """
     plans = analyze(root, requested, partition_size)
     names: dict[Node, str] = {}
@@ -84,7 +86,8 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
                 if isinstance(node, SourceNode):
                     tasks[(name, s, p)] = _source_task(node.sources[s], s, rows)
                 elif isinstance(node, OpNode):
-                    _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key)
+                    _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key,
+                              work_packet)
                 else:
                     tasks[(name, s, p)] = (runtime.sample, s, rows, node.types[0].name,
                                            pieces(node.inputs[0], sp.pieces[p][0]), sp.orders[p])
@@ -122,9 +125,10 @@ def _source_task(source, stream: int, rows: np.ndarray) -> tuple:
     return (runtime.read_source, source, stream, rows)
 
 
-def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key) -> None:
+def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key,
+              work_packet) -> None:
     ctx = runtime.OpContext(node.spec, node.init_args, node.config_args, node.device,
-                            instance_key(node), session)
+                            instance_key(node), session, work_packet)
     inputs = [pieces(ref, sp.pieces[p][i]) for i, ref in enumerate(node.inputs)]
     if not node.spec.unbounded_state:
         tasks[(name, s, p)] = (runtime.run_op, ctx, s, rows, inputs)

@@ -156,8 +156,7 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
     writers, layers, deps, keys = [], {}, {}, []
     try:
         for stream, s, target in todo:
-            view = stream._derive(partition_size=(perf_params or PerfParams.estimate())
-                                  .partition_size_for(stream))
+            view = stream.with_perf_params(perf_params or PerfParams.estimate())
             built = view._build()
             parts = built.rows[s]
             chunk_rows = max((len(r) for r in parts), default=1)

@@ -37,6 +37,7 @@ class OpContext:
     device: DeviceType
     instance_key: str  # op, version and init args: instances are shared under it
     session: str  # the client's token: fetch_resources runs once per machine per session
+    work_packet: int | None = None  # most rows handed to one execute call of a batch op
 
     def config_for(self, stream: int) -> dict:
         return {name: values[stream] for name, values in self.config_args.items()}
@@ -299,7 +300,7 @@ def _execute(ctx: OpContext, kernel: Kernel, stream: int, rows: np.ndarray,
         return [None if (mask is not None and mask[p]) else elems[p] for p in pos.tolist()]
 
     out_elements = [[None] * len(feed) for _ in range(n_out)]
-    chunk = spec.batch if spec.batched else 1
+    chunk = min(spec.batch, ctx.work_packet or spec.batch) if spec.batched else 1
     i = 0
     while i < len(feed):
         if restart[i]:

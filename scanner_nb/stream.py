@@ -40,11 +40,12 @@ class Stream(DaskMethodsMixin):
     """
 
     def __init__(self, client: Client, ref: Ref, *, requested: dict | None = None,
-                 partition_size: int | None | str = "client"):
+                 partition_size: int | None | str = "client", work_packet: int | None = None):
         self._client = client
         self._ref = ref
         self._requested = requested
         self._partition_size = partition_size
+        self._work_packet = work_packet
         self._built: Built | None = None
 
     # ------------------------------------------------------------ what it is
@@ -69,9 +70,16 @@ class Stream(DaskMethodsMixin):
         return self._ref.node.n_streams
 
     def _derive(self, *, requested: dict | None = None,
-                partition_size: int | None | str = "client") -> Stream:
+                partition_size: int | None | str = "client",
+                work_packet: int | None = None) -> Stream:
         return Stream(self._client, self._ref, requested=requested,
-                      partition_size=partition_size)
+                      partition_size=partition_size, work_packet=work_packet)
+
+    def with_perf_params(self, perf_params) -> Stream:
+        """This stream computed with a ``PerfParams``' partition and work packet sizes."""
+        return self._derive(requested=self._requested,
+                            partition_size=perf_params.partition_size_for(self),
+                            work_packet=perf_params.work_packet_size)
 
     # ------------------------------------------------------------ graph
     def _build(self) -> Built:
@@ -82,7 +90,7 @@ class Stream(DaskMethodsMixin):
             size = self._partition_size
             size = self._client.partition_size if size == "client" else size
             self._built = build_graph(self._ref, requested, size, self._client.token,
-                                      self._client.instance_key)
+                                      self._client.instance_key, self._work_packet)
         return self._built
 
     def _streams(self) -> list[int]:
@@ -104,7 +112,7 @@ class Stream(DaskMethodsMixin):
 
     def __dask_tokenize__(self):
         return (self._ref.node.token, self._ref.output, tokenize(self._requested),
-                self._partition_size)
+                self._partition_size, self._work_packet)
 
     def __dask_postcompute__(self):
         return _finalize, (self.type_name,)
@@ -127,10 +135,7 @@ class Stream(DaskMethodsMixin):
             One entry per stream: an ``(n, H, W, C)`` numpy array for frame streams (a list
             where shapes differ or nulls occur), a list of elements otherwise; nulls are ``None``.
         """
-        view = self
-        if perf_params is not None:
-            view = self._derive(requested=self._requested,
-                                partition_size=perf_params.partition_size_for(self))
+        view = self if perf_params is None else self.with_perf_params(perf_params)
         return self._client.compute_collections([view], progress=progress, **kwargs)[0]
 
     def persist(self, **kwargs) -> Stream:

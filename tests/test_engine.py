@@ -332,3 +332,21 @@ def test_cluster_workers_get_fast_numpy_allocations(cluster):
         env = dc.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
         assert set(env.values()) == {"65536"}
         assert all(dc.run(runtime.tune_allocator).values())
+
+
+def test_perf_params_set_partitions_and_work_packets():
+    sizes = []
+
+    @sp.register_python_op(name="batch_sizes", batch=8)
+    def batch_sizes(config, x: Sequence[Any]) -> Sequence[Any]:
+        sizes.append(len(x))
+        return list(x)
+
+    sc = sp.Client(show_progress=False)
+    s = sc.ops.batch_sizes(x=numbers(sc, 20))
+    assert s.compute(perf_params=sp.PerfParams.manual(3, 10)) == [list(range(20))]
+    assert sorted(sizes) == [1, 1, 3, 3, 3, 3, 3, 3]
+    assert s.with_perf_params(sp.PerfParams.manual(3, 10)).partitions_info()[0]["boundaries"] == [
+        (0, 10), (10, 20)]
+    with pytest.raises(sp.ScannerValueError, match="work_packet_size 5 is larger"):
+        sp.PerfParams.manual(5, 2)
