@@ -206,19 +206,24 @@ class Stream(DaskMethodsMixin):
             return got[inverse]
         return [got[i] for i in inverse.tolist()]
 
-    def iter_partitions(self, stream_index: int = 0, window: int = 4) -> Iterator:
-        """Yield one stream's partitions in order as they are computed, ``window`` at a time.
+    def iter_partitions(self, stream_index: int = 0, start: int = 0, end: int | None = None,
+                        window: int = 4) -> Iterator[list]:
+        """Yield rows ``start:end`` of one stream, a partition (a list) at a time, in order.
 
-        Memory stays bounded by ``window`` partitions however long the stream is.
+        Partitions are computed ``window`` at a time, so memory stays bounded however long the
+        stream is.
         """
-        self._check_stream(stream_index)
-        delayed = self.to_delayed()[self._streams().index(stream_index)] if self.lengths[
-            stream_index] else []
+        n = self._check_stream(stream_index)
+        end = n if end is None else max(start, min(end, n))
+        if end <= start:
+            return
+        view = self._derive(requested={stream_index: np.arange(start, end, dtype=np.int64)},
+                            partition_size=self._partition_size, work_packet=self._work_packet)
+        (delayed,) = view.to_delayed()
         import dask
 
         for i in range(0, len(delayed), window):
-            for part in dask.compute(*delayed[i:i + window], scheduler=self._client.scheduler):
-                yield part
+            yield from dask.compute(*delayed[i:i + window], scheduler=self._client.scheduler)
 
     def _check_stream(self, stream_index: int) -> int:
         if not 0 <= stream_index < self.num_streams:
@@ -271,9 +276,10 @@ class Stream(DaskMethodsMixin):
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"show_video needs a frame stream, not {self.type_name}")
         n = self._check_stream(stream_index)
-        end = n if end is None else min(end, n)
-        frames = self.rows(stream_index, range(start, end)) if end > start else []
-        return show_video_html(frames, fps=fps or self.fps(stream_index))
+        end = n if end is None else max(start, min(end, n))
+        frames = (f for part in self.iter_partitions(stream_index, start, end) for f in part
+                  if f is not None)
+        return show_video_html(frames, fps=fps or self.fps(stream_index), total=end - start)
 
     def _stream_names(self) -> list[str]:
         node = self._ref.node
