@@ -311,9 +311,14 @@ class Stream(DaskMethodsMixin):
             nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,
                           "inputs": [ids[r.node] for r in node.inputs]})
         names = self._stream_names()
-        return {"type": self.type_name, "nodes": nodes,
-                "streams": [{"index": i, "length": n, "source": names[i]}
-                            for i, n in enumerate(self.lengths)]}
+        summary = {"type": self.type_name, "nodes": nodes,
+                   "streams": [{"index": i, "length": n, "source": names[i]}
+                               for i, n in enumerate(self.lengths)]}
+        try:  # partition counts need the row analysis (no decoding); a repr never fails on it
+            summary["partitions"] = [len(p["boundaries"]) for p in self.partitions_info()]
+        except Exception:
+            pass
+        return summary
 
     def __repr__(self) -> str:
         node = self._ref.node
