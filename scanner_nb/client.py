@@ -16,7 +16,7 @@ import dask.threaded
 from dask.base import tokenize
 
 from . import runtime
-from .devices import DeviceType, choose_device, gpu_available
+from .devices import DeviceType, choose_device, gpu_available, gpu_unavailable_reason
 from .errors import ScannerTypeError, ScannerValueError
 from .kernel import OpSpec, lookup_op, op_names
 from .plan import OpNode, Ref, SourceNode
@@ -117,12 +117,11 @@ class Client:
 
     def gpu_usable(self) -> bool:
         """Whether a GPU is usable where graphs run (here, or on every worker of the cluster)."""
+        if self.distributed is None:
+            return gpu_available()  # cheap after the first probe; honours SCANNER_NB_DISABLE_GPU
         if self._gpu_usable is None:
-            if self.distributed is None:
-                self._gpu_usable = gpu_available()
-            else:
-                found = self.distributed.run(gpu_available)
-                self._gpu_usable = bool(found) and all(found.values())
+            found = self.distributed.run(gpu_available)
+            self._gpu_usable = bool(found) and all(found.values())
         return self._gpu_usable
 
     def instance_key(self, node: OpNode) -> str:
@@ -213,7 +212,8 @@ class Client:
                     if what == "stream-config":
                         given[name] = [default] * first.num_streams
         _check_values(spec, init_args, config_args, first.num_streams)
-        device = choose_device(op, spec.device_sets, self.gpu_usable()) if any(
+        device = choose_device(op, spec.device_sets, self.gpu_usable(),
+                               reason=gpu_unavailable_reason()) if any(
             d is DeviceType.GPU for d, _ in spec.device_sets) else DeviceType.CPU
         node = OpNode(spec, [value._ref for _, value in streams], init_args, config_args, device)
         outputs = [Stream(self, Ref(node, i)) for i in range(len(spec.outputs))]

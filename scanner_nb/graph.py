@@ -128,7 +128,7 @@ def _source_task(source, stream: int, rows: np.ndarray) -> tuple:
 def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key,
               work_packet) -> None:
     ctx = runtime.OpContext(node.spec, node.init_args, node.config_args, node.device,
-                            instance_key(node), session, work_packet)
+                            instance_key(node), session, work_packet, node.config_token)
     inputs = [pieces(ref, sp.pieces[p][i]) for i, ref in enumerate(node.inputs)]
     if not node.spec.unbounded_state:
         tasks[(name, s, p)] = (runtime.run_op, ctx, s, rows, inputs)

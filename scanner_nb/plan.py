@@ -180,6 +180,7 @@ class OpNode(Node):
         self.init_args = dict(init_args)
         self.config_args = dict(config_args)  # name -> list with one value per stream
         self.device = device
+        self.config_token = uuid.uuid4().hex  # instances re-run new_stream for other args
 
     def window(self, rows: np.ndarray, length: int) -> np.ndarray:
         """Input rows the outputs at sorted ``rows`` need (stencil, warm-up), sorted unique."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -203,4 +203,5 @@ def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], le
 
 
 def _write_chunk(writer, k: int, pieces) -> dict:
-    return writer.write_chunk(k, runtime.take_rows(pieces))
+    batch = runtime.take_rows(pieces)  # frames of a GPU op come back to the host to be stored
+    return writer.write_chunk(k, replace(batch, elements=runtime.on_host(batch.elements)))

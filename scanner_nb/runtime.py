@@ -13,7 +13,7 @@ import hashlib
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,6 +38,7 @@ class OpContext:
     instance_key: str  # op, version and init args: instances are shared under it
     session: str  # the client's token: fetch_resources runs once per machine per session
     work_packet: int | None = None  # most rows handed to one execute call of a batch op
+    config_token: str = ""  # the stream-config args: a reused instance given others re-runs new_stream
 
     def config_for(self, stream: int) -> dict:
         return {name: values[stream] for name, values in self.config_args.items()}
@@ -154,13 +155,15 @@ def close_instances() -> int:
 
 
 def _enter_stream(ctx: OpContext, kernel: Kernel, stream: int, row: int) -> None:
-    if kernel._scanner_nb_stream == stream:
+    """Call ``new_stream`` when the instance moves to another stream or other config args."""
+    where = (ctx.config_token, stream)
+    if kernel._scanner_nb_stream == where:
         return
     try:
         kernel.new_stream(**ctx.config_for(stream))
     except Exception as exc:
         raise KernelError(ctx.spec.name, stream, row, exc) from exc
-    kernel._scanner_nb_stream = stream
+    kernel._scanner_nb_stream = where
 
 
 # ---------------------------------------------------------------- tasks
@@ -416,9 +419,10 @@ def batch_to_list(batch: Batch) -> list:
 
 def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | list:
     """One stream's result: frames as an ``(n, H, W, C)`` array where shapes agree, else a list."""
+    batches = [replace(b, elements=on_host(b.elements)) for b in batches]
     elements = [e for b in batches for e in batch_to_list(b)]
     if type_name == "FrameType" and all(b.nulls is None for b in batches):
-        arrays = [on_host(b.elements) for b in batches]
+        arrays = [b.elements for b in batches]
         if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len(
                 {a.shape[1:] for a in arrays}) == 1:
             return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]

@@ -6,7 +6,10 @@ A database is a folder at any fsspec URL (a local path, ``memory://db``, ``s3://
     <db>/<name>/v-<time>-<token>/        one folder per version (staging until committed)
         .zarray  .zattrs  0.0.0.0  1.0.0.0 ...    frames of one shape and dtype, no nulls:
                                                   a Zarr (v2 format) array, one chunk per k
-        0.elements  1.elements ...                other types: the type's serialized bytes
+        0.elements  1.elements ...                other types (and frames of mixed shapes or
+                                                  with nulls): per chunk "SNBELEM1", the row
+                                                  count, one int64 length per row (-1: null),
+                                                  then each element's serialized bytes
         lock.json                                 only while staging: owner and heartbeat
 
 A :class:`StreamWriter` (from :meth:`Database.begin`) writes chunk ``k`` from whichever worker

@@ -187,10 +187,16 @@ class Batch:
 
     def __reduce__(self):
         stream_type = lookup_type(self.type_name)
-        if stream_type.name in ("Any", "bytes") or isinstance(self.elements, np.ndarray):
-            payload = self.elements
+        elements = self.elements
+        if hasattr(elements, "__cuda_array_interface__"):  # device frames travel as numpy
+            elements = elements.get()
+        elif isinstance(elements, list) and any(hasattr(e, "__cuda_array_interface__")
+                                                for e in elements[:1]):
+            elements = [None if e is None else e.get() for e in elements]
+        if stream_type.name in ("Any", "bytes") or isinstance(elements, np.ndarray):
+            payload = elements
         else:
-            payload = [None if e is None else stream_type.serialize(e) for e in self.elements]
+            payload = [None if e is None else stream_type.serialize(e) for e in elements]
         return (_rebuild_batch, (self.stream, self.rows, payload, self.nulls, self.type_name))
 
 
