@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from typing import Any, Callable, Sequence
 
@@ -142,13 +143,18 @@ class Client:
             from distributed import progress as distributed_progress
 
             futures = self.distributed.compute(list(collections), **kwargs)
-            distributed_progress(futures)
+            widget = distributed_progress(futures, scheduler=self.distributed.scheduler.address)
+            if widget is not None:  # in Jupyter progress() returns the widget to display
+                from IPython.display import display
+
+                display(widget)
             return self.distributed.gather(futures)
         bar = contextlib.nullcontext()
         if show:
             from tqdm.dask import TqdmCallback
 
-            bar = TqdmCallback(desc="scanner_nb", leave=False)
+            # in a notebook a finished bar stays (a closed widget would show nothing)
+            bar = TqdmCallback(desc="scanner_nb", leave="ipykernel" in sys.modules)
         with bar:
             return list(dask.compute(*collections, scheduler=dask.threaded.get, **kwargs))
 

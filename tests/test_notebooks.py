@@ -1,0 +1,178 @@
+"""Every tutorial in ``notebooks/`` runs top to bottom in a real Jupyter kernel.
+
+Each notebook is executed with nbclient on the ``python3`` kernel of this interpreter (the
+kernelspec jupyter_client finds first is the venv's, whose ``argv[0]`` is ``python``, which
+jupyter_client replaces with ``sys.executable``; ``test_kernel_is_this_python`` checks it). The
+kernel starts in a temporary folder with ``TMPDIR`` pointing there, so the videos and databases
+the notebooks make in ``tempfile.mkdtemp()`` never land in the repository or stay behind.
+
+Checks: no ``error`` output in any cell, every code cell executed, and a few outputs per notebook
+that show the tutorial did what its text says (01 renders a preview widget and a ``<video>``).
+The saved notebooks are checked to carry no outputs and the ``python3`` kernelspec.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+pytestmark = [
+    pytest.mark.slow,
+    # deprecations raised inside the Jupyter machinery (none with today's versions) are theirs
+    *(pytest.mark.filterwarnings(f"ignore::DeprecationWarning:{module}")
+      for module in ("jupyter_client", "jupyter_core", "nbclient", "nbformat", "zmq")),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+CELL_TIMEOUT = 120  # seconds per cell
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# Per notebook: strings that must appear in its outputs (stdout, text/plain or text/html).
+EXPECTED = {
+    "01_basics.ipynb": [
+        "scanner-nb-plan",                      # a Stream's plan shown as a cell's value
+        "first rows are frames [0, 1, 2, 3, 4, 5]",
+        "rows [0, 24, 48, 72] -> decoded 4 of 96 frames",
+        "<video",                               # show_video()
+    ],
+    "02_sampling.ipynb": [
+        "stream 0: [0, 24, 48, 72, 96, 120, 144, 168, 192, 216]",
+        "decoded {'a.mp4': 10, 'b.mp4': 10}",   # Stride by the GOP decodes keyframes only
+        "stream 0: [200, 3, 3, 50]",
+        "stream 0: [0, None, None, 1, None, None, 2, None, None]",
+        "RowIndexError",
+    ],
+    "03_defining_ops.ipynb": [
+        "[[0, 3, 3, 4, 5], [0, 1, 2, 3, 4]]",   # bounded state, as in Scanner
+        "(no restart at 24)",
+        "op: fragile | stream: 0 | row: 60",    # KernelError attributes
+        "round trip exact: True",
+    ],
+    "04_storing_results.ipynb": [
+        "StreamExistsError",
+        "bit-exact: True",
+        "doomed exists: False",
+        "StreamNotFoundError",
+        "<video",
+    ],
+    "05_scaling_out.ipynb": [
+        "same result as local: True",
+        "cluster still running after sc.close(): running",
+        "after cluster.close(): closed",
+    ],
+    "06_gpu_ops.ipynb": [
+        "inverted correctly: True",
+        "largest difference between the two runs: 0",
+    ],
+}
+
+
+def _text_of(output) -> str:
+    """Everything an output shows as text: stream text, text/plain, text/html, error lines."""
+    if output.output_type == "stream":
+        return output.text
+    if output.output_type == "error":
+        return f"{output.ename}: {output.evalue}"
+    data = output.get("data", {})
+    return "\n".join(str(data.get(mime, "")) for mime in ("text/plain", "text/html"))
+
+
+def _run(path: Path, workdir: Path):
+    nb = nbformat.read(path, as_version=4)
+    env = dict(os.environ, TMPDIR=str(workdir), SCANNER_NB_DB=str(workdir / "default-db"),
+               PYDEVD_DISABLE_FILE_VALIDATION="1")
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, as for a user
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
+                                     startup_timeout=60, allow_errors=True,
+                                     resources={"metadata": {"path": str(workdir)}})
+    start = time.perf_counter()
+    client.execute(env=env)
+    return nb, time.perf_counter() - start
+
+
+def _errors(nb) -> list[str]:
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                tail = ANSI.sub("", "\n".join(output.traceback[-4:]))[-1500:]
+                found.append(f"cell {index}: {output.ename}: {output.evalue}\n{tail}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def durations():
+    seen: dict[str, float] = {}
+    yield seen
+    if seen:
+        print("\nnotebook run times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seen.items()))
+
+
+def test_there_are_six_tutorials():
+    assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_saved_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code, "no code cells"
+    assert all(not c.outputs and c.execution_count is None for c in code), \
+        "save the notebook with its outputs cleared"
+    assert any(c.cell_type == "markdown" for c in nb.cells)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path, tmp_path, durations):
+    nb, seconds = _run(path, tmp_path)
+    durations[path.name] = seconds
+    errors = _errors(nb)
+    assert not errors, f"{path.name} raised in {len(errors)} cell(s):\n" + "\n\n".join(errors)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    assert all(c.execution_count is not None for c in code)
+    shown = "\n".join(_text_of(o) for c in code for o in c.outputs)
+    missing = [s for s in EXPECTED[path.name] if s not in shown]
+    assert not missing, f"{path.name}: outputs lack {missing}"
+    if path.name == "01_basics.ipynb":
+        _check_basics_widgets(nb)
+
+
+def _check_basics_widgets(nb):
+    """01 shows a live preview widget (as a cell's value) and an inline H.264 video."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    preview = [c for c in code if c.source.strip().endswith(".preview()")]
+    assert preview, "01 has no cell whose value is stream.preview()"
+    views = [o for o in preview[-1].outputs
+             if o.output_type == "execute_result" and WIDGET_MIME in o.get("data", {})]
+    assert views, "preview() did not produce a widget view as the cell's value"
+    assert views[0].data[WIDGET_MIME]["model_id"]
+    video = [c for c in code if ".show_video(" in c.source]
+    assert video, "01 has no show_video() cell"
+    html = "\n".join(o.get("data", {}).get("text/html", "") for o in video[-1].outputs)
+    assert "<video" in html and "data:video/mp4;base64," in html
+
+
+def test_kernel_is_this_python(tmp_path):
+    """The ``python3`` kernel runs this interpreter (the venv), where scanner_nb imports."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import sys, scanner_nb\nprint(sys.prefix)\nprint(scanner_nb.__file__)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    prefix, module = nb.cells[0].outputs[0].text.split()
+    assert Path(prefix).resolve() == Path(sys.prefix).resolve()
+    assert Path(module).resolve().is_relative_to(ROOT)
