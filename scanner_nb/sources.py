@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ScannerTypeError
+from .errors import ScannerTypeError, VideoError
 from .plan import FRAME_PARTITION_BYTES, ListSource
 from .types import Batch, lookup_type, stack_elements, type_of
 
@@ -94,7 +94,10 @@ class VideoFileSource:
         if self._index is None:
             from .video import index_video
 
-            self._index = index_video(self.path, self.cache_dir)
+            try:
+                self._index = index_video(self.path, self.cache_dir)
+            except VideoError as exc:  # name the stream as well as the file
+                raise type(exc)(f"NamedVideoStream {self.name!r}: {exc}") from None
         return self._index
 
     @property

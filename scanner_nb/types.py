@@ -41,6 +41,9 @@ class StreamType:
     def is_frame(self) -> bool:
         return self.name == "FrameType"
 
+    def __reduce__(self):
+        return (_known_type, (self.name, self.serialize, self.deserialize, self.annotation))
+
 
 def _frame_to_bytes(frame: np.ndarray) -> bytes:
     frame = np.ascontiguousarray(frame)
@@ -62,6 +65,13 @@ def _register(name: str, serialize, deserialize, annotation) -> StreamType:
     stream_type = StreamType(name, serialize, deserialize, annotation)
     _REGISTRY[name] = stream_type
     return stream_type
+
+
+def _known_type(name: str, serialize, deserialize, annotation) -> StreamType:
+    """Unpickle a type shipped with an op or a batch: a process that never registered it
+    (a worker) knows it from then on; a name registered here already keeps its registration."""
+    known = _REGISTRY.get(name)
+    return known if known is not None else _register(name, serialize, deserialize, annotation)
 
 
 _register("FrameType", _frame_to_bytes, _frame_from_bytes, FrameType)
@@ -197,11 +207,13 @@ class Batch:
             payload = elements
         else:
             payload = [None if e is None else stream_type.serialize(e) for e in elements]
-        return (_rebuild_batch, (self.stream, self.rows, payload, self.nulls, self.type_name))
+        builtin = stream_type.name in ("FrameType", "bytes", "Any")
+        return (_rebuild_batch, (self.stream, self.rows, payload, self.nulls, self.type_name,
+                                 None if builtin else stream_type))
 
 
-def _rebuild_batch(stream, rows, payload, nulls, type_name) -> Batch:
-    stream_type = lookup_type(type_name)
+def _rebuild_batch(stream, rows, payload, nulls, type_name, stream_type=None) -> Batch:
+    stream_type = stream_type or lookup_type(type_name)
     if stream_type.name in ("Any", "bytes") or isinstance(payload, np.ndarray):
         elements = payload
     else:
