@@ -114,9 +114,10 @@ class ListSource:
 
     def read(self, rows):
         elements = self.elements
-        if isinstance(elements, np.ndarray):
-            return elements[rows]
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        consecutive = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+        if isinstance(elements, np.ndarray):  # consecutive rows: a view, no copy
+            return elements[int(rows[0]):int(rows[-1]) + 1] if consecutive else elements[rows]
+        if consecutive:
             return list(elements[int(rows[0]):int(rows[-1]) + 1])
         return [elements[r] for r in rows.tolist()]
 

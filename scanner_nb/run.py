@@ -58,7 +58,8 @@ class PerfParams:
         for name, value in (("work_packet_size", work_packet_size),
                             ("io_packet_size", io_packet_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ScannerValueError(f"PerfParams.manual: {name} must be an int >= 1, got {value!r}")
+                raise ScannerValueError(
+                    f"PerfParams.manual: {name} must be an int >= 1, got {value!r}")
         if work_packet_size > io_packet_size:
             raise ScannerValueError(
                 f"PerfParams.manual: work_packet_size {work_packet_size} is larger than "
@@ -70,7 +71,11 @@ class PerfParams:
         """Sizes chosen per run from the frame size and the memory at hand.
 
         Partitions of frames are sized so that two in flight per core use at most
-        ``memory_fraction`` of the available memory (and never more than 64 MiB each).
+        ``memory_fraction`` of the available memory (and never more than 64 MiB each). A run's
+        memory is then bounded by the partitions in flight (about two partitions' frames per
+        thread: the input and an op's output), whatever the length of the video. A video's
+        partitions hold whole groups of pictures, so with long ones (x264's default of 250
+        frames is 1.5 GB at 1080p) the keyframe interval, not this estimate, sets the size.
         """
         return cls(None, None, memory_fraction)
 
@@ -122,9 +127,13 @@ class Output:
                 "sc.io.Output takes a list of sp.NamedStream / sp.NamedVideoStream, one per stream")
         if len(targets) != stream.num_streams:
             raise ScannerValueError(
-                f"sc.io.Output: {len(targets)} name(s) for {stream.num_streams} stream(s); give one "
-                f"sp.NamedStream per stream")
+                f"sc.io.Output: {len(targets)} name(s) for {stream.num_streams} stream(s); give "
+                f"one sp.NamedStream per stream")
         for t in targets:
+            if isinstance(t, NamedVideoStream) and stream.type_name != "FrameType":
+                raise ScannerTypeError(
+                    f"sc.io.Output: {t.name!r} is a NamedVideoStream but the stream holds "
+                    f"{stream.type_name} elements; store them with sp.NamedStream")
             if isinstance(t, NamedVideoStream) and t.path is not None:
                 raise ScannerValueError(
                     f"sc.io.Output: {t.name!r} names a video file; outputs are stored in the "
@@ -153,12 +162,16 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
     todo = [job for job in jobs if not (cache_mode is CacheMode.Ignore and job[2].name in existing)]
     if not todo:
         return [t for _, _, t in jobs]
-    writers, layers, deps, keys = [], {}, {}, []
+    perf = perf_params or PerfParams.estimate()
+    writers, layers, deps, keys, views, largest = [], {}, {}, [], {}, 0
     try:
         for stream, s, target in todo:
-            view = stream.with_perf_params(perf_params or PerfParams.estimate())
-            built = view._build()
+            if id(stream) not in views:  # the streams of one Output share one graph
+                views[id(stream)] = stream.with_perf_params(perf)
+            built = views[id(stream)]._build()
             parts = built.rows[s]
+            largest = max(largest, max((len(r) for r in parts), default=0) *
+                          (_frame_bytes(stream) or 0))
             chunk_rows = max((len(r) for r in parts), default=1)
             writer = client.db.begin(target.name, stream.type_name, stream.lengths[s], chunk_rows)
             writers.append((writer, target, stream, s))
@@ -174,15 +187,63 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
         layers[final] = {(final, 0): (list, [list(k) for k in keys])}
         deps[final] = {k[0][0] for k in keys if k}
         graph = HighLevelGraph(layers, deps)
+        threads = _threads_within_budget(client, perf, largest)
         (infos,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
-                                              progress=show_progress)
+                                              progress=show_progress,
+                                              **({"num_workers": threads} if threads else {}))
     except BaseException:
         for writer, *_ in writers:
             writer.abort()
         raise
-    for (writer, target, stream, s), chunk_infos in zip(writers, infos):
-        writer.commit(chunk_infos)
+    _commit(writers, infos, cache_mode)
     return [t for _, _, t in jobs]
+
+
+def _threads_within_budget(client: Client, perf: PerfParams, partition_bytes: int) -> int | None:
+    """Threads that keep ``estimate()``'s memory budget on the threaded scheduler, or ``None``
+    for all of them.
+
+    A video partition holds whole groups of pictures, so it can be far larger than the
+    estimate asked for (a 250-frame GOP at 1080p is 1.5 GB). Each thread then holds about two
+    such partitions (an op's input and output): run fewer threads rather than more memory
+    than ``memory_fraction`` of what is available. A cluster's workers manage their own memory.
+    """
+    if client.distributed is not None or perf.io_packet_size is not None or not partition_bytes:
+        return None
+    cores = os.cpu_count() or 1
+    budget = _available_memory() * (perf.memory_fraction or 0.25)
+    threads = int(budget // (2 * partition_bytes))
+    return None if threads >= cores else max(1, threads)
+
+
+def _commit(writers: list, infos: list, cache_mode: CacheMode) -> None:
+    """Publish every output. A stream another run stored while this one computed is replaced
+    only with ``Overwrite``: ``Ignore`` keeps it (this run's version is dropped), ``Error``
+    raises ``StreamExistsError`` and, if it sees that before any commit, commits nothing."""
+    replace = cache_mode is CacheMode.Overwrite
+    pending = list(zip(writers, infos))
+    try:
+        if cache_mode is CacheMode.Error:
+            appeared = [t.name for (_, t, *_), _ in pending if t.exists()]
+            if appeared:
+                raise StreamExistsError(
+                    f"stored stream(s) {appeared} were stored by another run while this one was "
+                    f"computing; they are kept (pass cache_mode=sp.CacheMode.Overwrite to "
+                    f"replace them)")
+        while pending:
+            (writer, target, stream, s), chunk_infos = pending[0]
+            metadata = {"fps": stream.fps(s)} if stream.type_name == "FrameType" else None
+            try:
+                writer.commit(chunk_infos, replace=replace, metadata=metadata)
+            except StreamExistsError:
+                if cache_mode is not CacheMode.Ignore:
+                    raise
+                writer.abort()
+            target._manifest = None  # the handle re-reads the stream it names from now on
+            pending.pop(0)
+    finally:
+        for (writer, *_), _ in pending:
+            writer.abort()
 
 
 def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,

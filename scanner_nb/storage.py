@@ -54,8 +54,8 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InvalidNameError, RowIndexError, ScannerValueError, StorageError
-from .errors import StreamNotFoundError
-from .types import Batch, lookup_type, stack_elements
+from .errors import StreamExistsError, StreamNotFoundError
+from .types import Batch, StreamType, lookup_type, stack_elements
 
 __all__ = ["validate_name", "default_db_path", "Database", "StreamWriter", "DEFAULT_CODEC"]
 
@@ -141,9 +141,9 @@ def default_db_path() -> str:
     Examples
     --------
     >>> import os
-    >>> os.environ["SCANNER_NB_DB"] = "/tmp/db"; default_db_path()
-    '/tmp/db'
-    >>> del os.environ["SCANNER_NB_DB"]
+    >>> default_db_path() == (os.environ.get("SCANNER_NB_DB")
+    ...                       or os.path.expanduser("~/.scanner_nb/db"))
+    True
     """
     return os.environ.get("SCANNER_NB_DB") or os.path.join(
         os.path.expanduser("~"), ".scanner_nb", "db"
@@ -236,6 +236,35 @@ def _atomic_write(fs, path: str, data: bytes, tmp_dir: str) -> None:
         return
     fs.pipe_file(tmp, data)
     fs.mv(tmp, path)
+
+
+def _atomic_create(fs, path: str, data: bytes, tmp_dir: str) -> bool:
+    """Write ``path`` whole only if it does not exist; ``False`` (nothing written) if it does.
+
+    Local disk: a temporary file hard-linked to ``path`` (``link`` fails on an existing name,
+    atomically). Elsewhere, and where hard links are not supported: a check, then
+    :func:`_atomic_write` (two writers in the same instant may both succeed; the last wins).
+    """
+    if _is_local(fs):
+        tmp = _join(tmp_dir, f".{_basename(path)}.new-{secrets.token_hex(6)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network or FUSE filesystems)
+            if os.path.exists(path):
+                return False
+            os.replace(tmp, path)
+            return True
+        finally:
+            _rm_file(fs, tmp)
+    if fs.exists(path):
+        return False
+    _atomic_write(fs, path, data, tmp_dir)
+    return True
 
 
 def _rmtree(fs, path: str) -> None:
@@ -336,9 +365,16 @@ def _codec(config: dict | None):
     return None if config is None else numcodecs.get_codec(dict(config))
 
 
-def _encode_elements(elements: list, nulls: np.ndarray | None, type_name: str) -> bytes:
-    """``magic, n, n lengths (-1 = null), payloads`` using the type's ``serialize``."""
-    serialize = lookup_type(type_name).serialize
+def _encode_elements(elements: list, nulls: np.ndarray | None,
+                     stream_type: str | StreamType) -> bytes:
+    """``magic, n, n lengths (-1 = null), payloads`` using the type's ``serialize``.
+
+    ``stream_type`` is a registered type's name, or the type itself (as a writer sent to a
+    worker carries it: the worker need not have registered it).
+    """
+    if isinstance(stream_type, str):
+        stream_type = lookup_type(stream_type)
+    type_name, serialize = stream_type.name, stream_type.serialize
     parts, lengths = [], np.empty(len(elements), dtype="<i8")
     for i, element in enumerate(elements):
         if element is None or (nulls is not None and nulls[i]):
@@ -411,17 +447,26 @@ def _is_memcpyed(header: bytes, nbytes: int) -> bool:
     return size == nbytes and cbytes == nbytes + _BLOSC_HEADER
 
 
-def _worth_compressing(raw: memoryview, dtype: np.dtype, codec) -> bool:
-    """Whether ``codec`` shrinks evenly spaced samples of ``raw`` by ``_COMPRESS_AT_LEAST``."""
-    if raw.nbytes <= _SAMPLE_PIECES * _SAMPLE_BYTES:
-        sample = bytes(raw)
+def _worth_compressing(raw: memoryview, dtype: np.dtype, config: dict) -> bool:
+    """Whether the codec shrinks evenly spaced samples of ``raw`` by ``_COMPRESS_AT_LEAST``.
+
+    Each 32 KiB piece is compressed as one Blosc block, so Blosc runs it on this thread: no
+    hand-off to its thread pool, which costs milliseconds on a busy machine.
+    """
+    piece = _SAMPLE_BYTES - _SAMPLE_BYTES % dtype.itemsize
+    if raw.nbytes <= _SAMPLE_PIECES * piece:
+        starts = list(range(0, raw.nbytes, piece))
     else:
-        step = (raw.nbytes - _SAMPLE_BYTES) // (_SAMPLE_PIECES - 1)
+        step = (raw.nbytes - piece) // (_SAMPLE_PIECES - 1)
         step -= step % dtype.itemsize
-        sample = b"".join(raw[i * step:i * step + _SAMPLE_BYTES] for i in range(_SAMPLE_PIECES))
-    sample = sample[: len(sample) - len(sample) % dtype.itemsize]
-    compressed = codec.encode(np.frombuffer(sample, dtype=dtype))
-    return len(sample) >= _COMPRESS_AT_LEAST * len(compressed)
+        starts = [i * step for i in range(_SAMPLE_PIECES)]
+    codec = _codec(dict(config, blocksize=piece) if config.get("id") == "blosc" else config)
+    plain = packed = 0
+    for start in starts:
+        sample = raw[start:start + piece]
+        plain += sample.nbytes
+        packed += len(codec.encode(np.frombuffer(sample, dtype=dtype)))
+    return plain >= _COMPRESS_AT_LEAST * packed
 
 
 def _encode_frames(stack: np.ndarray, chunk_rows: int, config: dict | None):
@@ -435,7 +480,7 @@ def _encode_frames(stack: np.ndarray, chunk_rows: int, config: dict | None):
         return [stack], nbytes
     codec = _codec(config)
     raw = memoryview(stack).cast("B")
-    if config.get("id") == "blosc" and not _worth_compressing(raw, stack.dtype, codec):
+    if config.get("id") == "blosc" and not _worth_compressing(raw, stack.dtype, config):
         header = _blosc_memcpy_header(config, stack.dtype, nbytes)
         return [header, stack], _BLOSC_HEADER + nbytes
     if len(stack) < chunk_rows:
@@ -693,7 +738,7 @@ class Database:
         readable until the new one commits.
         """
         validate_name(name)
-        lookup_type(type_name)  # an unregistered type fails before any work
+        stream_type = lookup_type(type_name)  # an unregistered type fails before any work
         length, chunk_rows = int(length), int(chunk_rows)
         if length < 0:
             raise ScannerValueError(f"length of stream {name!r} must be >= 0, got {length}")
@@ -703,7 +748,7 @@ class Database:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         version = f"{_VERSION_PREFIX}{stamp}-{secrets.token_hex(6)}"
         writer = StreamWriter(self.url, name, version, type_name, length, chunk_rows,
-                              self.codec, self.storage_options)
+                              self.codec, self.storage_options, stream_type)
         version_dir = writer._version_dir
         with _STATE_LOCK:  # owned from now on, so a sweep in another thread leaves it alone
             _OWNED[version_dir] = writer
@@ -915,15 +960,24 @@ def _rebuild_database(url, storage_options, codec, stale_after) -> Database:
 class StreamWriter:
     """Writes one staging version of a stored stream; from :meth:`Database.begin`.
 
-    Picklable (it holds only the URL, names and numbers), so workers in other processes write
-    the chunks they computed with :meth:`write_chunk`; the process that called ``begin`` then
-    calls :meth:`commit` with their infos, or :meth:`abort`. Keep it until then: a staging
-    version whose writer was dropped (or whose process died) is a leftover for the next run.
+    Picklable (it holds the URL, names, numbers and the element type), so workers in other
+    processes write the chunks they computed with :meth:`write_chunk`; the process that called
+    ``begin`` then calls :meth:`commit` with their infos, or :meth:`abort`. Keep it until
+    then: a staging version whose writer was dropped (or whose process died) is a leftover for
+    the next run.
     """
 
     def __init__(self, url: str, name: str, version: str, type_name: str, length: int,
-                 chunk_rows: int, codec: dict | None, storage_options: dict | None = None):
+                 chunk_rows: int, codec: dict | None, storage_options: dict | None = None,
+                 stream_type: StreamType | None = None):
         self.url, self.name, self.version, self.type_name = url, name, version, type_name
+        # the type travels with the writer (cloudpickle ships a notebook's class by value), so
+        # a worker that never ran register_type still serializes chunks with the right code
+        self.stream_type = stream_type if stream_type is not None else lookup_type(type_name)
+        if self.stream_type.name != type_name:
+            raise ScannerValueError(
+                f"stream type {self.stream_type.name!r} does not match type name {type_name!r}"
+            )
         self.length, self.chunk_rows = int(length), int(chunk_rows)
         self.codec = None if codec is None else dict(codec)
         self.storage_options = dict(storage_options or {})
@@ -1009,7 +1063,7 @@ class StreamWriter:
             nulls = None if batch.nulls is None else np.asarray(batch.nulls, dtype=bool)
             if nulls is not None:
                 elements = [None if nulls[i] else e for i, e in enumerate(elements)]
-            data = [_encode_elements(elements, nulls, self.type_name)]
+            data = [_encode_elements(elements, nulls, self.stream_type)]
             path = _join(self._version_dir, _elements_key(k))
             shape, dtype = (_common_frame(elements) if self.type_name == "FrameType"
                             else (None, None))
@@ -1067,12 +1121,16 @@ class StreamWriter:
             )
         return infos
 
-    def commit(self, chunk_infos: list[dict]) -> None:
+    def commit(self, chunk_infos: list[dict], replace: bool = True,
+               metadata: dict | None = None) -> None:
         """Publish the stream: check the chunks, write metadata, then the manifest last.
 
         The manifest is written atomically; if a committed version exists it is replaced only
         now, and its data is removed after. Of two writers racing on one name, the last
-        manifest wins whole. On error nothing is committed (call :meth:`abort`).
+        manifest wins whole. With ``replace=False`` a stream committed meanwhile (by another
+        run) is kept and :class:`StreamExistsError` raised instead (atomic on a local disk).
+        ``metadata`` adds JSON keys to the manifest (such as ``fps``), never replacing its own.
+        On error nothing is committed (call :meth:`abort`).
         """
         if self._state != "open":
             raise StorageError(f"stream writer of {self.name!r} is already {self._state}")
@@ -1105,6 +1163,7 @@ class StreamWriter:
             "nbytes": int(sum(i["nbytes"] for i in infos)),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        manifest.update({k: v for k, v in (metadata or {}).items() if k not in manifest})
         if layout == "mixed":
             manifest["chunks"] = [
                 {key: i[key] for key in ("encoding", "shape", "dtype", "codec")} for i in infos
@@ -1117,12 +1176,22 @@ class StreamWriter:
             old = json.loads(_read_file(fs, manifest_path)).get("version")
         except (FileNotFoundError, ValueError):
             old = None
-        _atomic_write(fs, manifest_path, json.dumps(manifest, indent=1).encode(), version_dir)
+        data = json.dumps(manifest, indent=1).encode()
+        if replace:
+            _atomic_write(fs, manifest_path, data, version_dir)
+        elif not _atomic_create(fs, manifest_path, data, version_dir):
+            raise StreamExistsError(
+                f"stream {self.name!r} was stored by another run while this one was computing; "
+                f"it is kept (pass cache_mode=sp.CacheMode.Overwrite to replace it)"
+            )
         # the stream is now committed: everything below is tidying up
         self._finish("committed")
         _rm_file(fs, _join(version_dir, LOCK))
         if old and old != self.version:
             _rmtree(fs, _join(stream_dir, old))
+        # a version another writer committed between our read of ``old`` and our manifest
+        Database(self.url, storage_options=self.storage_options, codec=self.codec)._sweep(
+            self.name, current=self.version)
 
     def _write_zarr_metadata(self, fs, version_dir: str, frame: dict, codec: dict | None) -> None:
         zarray = {

@@ -780,3 +780,10 @@ def test_partial_last_chunk_is_padded_for_zarr(tmp_path, where, content, codec, 
         assert db.manifest("clip")["nbytes"] <= 3 * (16 * data[0].nbytes + 16)
     finally:
         storage._rmtree(db.fs, db.root)
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(storage, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted >= 5
