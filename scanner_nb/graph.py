@@ -45,7 +45,8 @@ def _layer_name(node: Node, plan: NodePlan) -> str:
 
 
 def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,
-                session: str, instance_key, work_packet: int | None = None) -> Built:
+                session: str, instance_key, work_packet: int | None = None,
+                in_place: bool = False) -> Built:
     """Build the Dask graph that computes ``requested`` rows of ``root``.
 
     Parameters
@@ -62,6 +63,10 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         ``OpNode -> str``: kernel instances are shared under this key.
     work_packet : int, optional
         Most rows handed to one ``execute`` call of a batch op.
+    in_place : bool
+        When the root reads video frames directly, decode each stream into one preallocated
+        array (each partition into its slice), so the result needs no final concatenation.
+        Only for results assembled in this process (``compute`` on local threads).
     """
     plans = analyze(root, requested, partition_size)
     names: dict[Node, str] = {}
@@ -77,13 +82,18 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
     def pieces(ref: Ref, plan_pieces) -> list:
         return [[key(ref, p.stream, p.part), p.positions] for p in plan_pieces]
 
+    buffers = _result_buffers(root, plans) if in_place else {}
     for node, plan in plans.items():
         name = names[node] = _layer_name(node, plan)
         tasks: dict = {}
         dependencies = {names[ref.node] for ref in node.inputs}
         for s, sp in plan.streams.items():
             for p, rows in enumerate(sp.parts):
-                if isinstance(node, SourceNode):
+                if isinstance(node, SourceNode) and s in buffers and node is root.node:
+                    start = int(np.searchsorted(plan.streams[s].rows, rows[0]))
+                    out = buffers[s][start:start + len(rows)]
+                    tasks[(name, s, p)] = node.sources[s].task(s, rows, out)
+                elif isinstance(node, SourceNode):
                     tasks[(name, s, p)] = _source_task(node.sources[s], s, rows)
                 elif isinstance(node, OpNode):
                     _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key,
@@ -117,6 +127,18 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
             layer[(name, s, 0)] = (runtime.take_rows, pieces_)
             keys[s], rows[s] = [(name, s, 0)], [np.asarray(wanted)]
     return Built(HighLevelGraph(layers, deps), keys, rows, plans)
+
+
+def _result_buffers(root: Ref, plans) -> dict[int, np.ndarray]:
+    """Per stream, one array the root's video partitions decode into (see ``in_place``)."""
+    if not isinstance(root.node, SourceNode):
+        return {}
+    buffers = {}
+    for s, sp in plans[root.node].streams.items():
+        shape = getattr(root.node.sources[s], "frame_shape", None)
+        if shape is not None:
+            buffers[s] = runtime.result_buffer((len(sp.rows), *shape))
+    return buffers
 
 
 def _source_task(source, stream: int, rows: np.ndarray) -> tuple:

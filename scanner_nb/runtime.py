@@ -13,6 +13,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -409,6 +410,33 @@ def on_host(elements):
     return to_host(elements) if first is not None and is_device_array(first) else elements
 
 
+_RESULT_BUFFERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def result_buffer(shape: tuple, dtype=np.uint8) -> np.ndarray:
+    """An array partitions decode into, returned whole by :func:`assemble_stream`."""
+    buffer = np.empty(shape, dtype=dtype)
+    _RESULT_BUFFERS[id(buffer)] = buffer
+    return buffer
+
+
+def _one_base(batches: Sequence[Batch]) -> np.ndarray | None:
+    """The result buffer the batches' frames are back-to-back slices of, covering all of it."""
+    arrays = [b.elements for b in batches]
+    if not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    base = arrays[0].base
+    if base is None or _RESULT_BUFFERS.get(id(base)) is not base or any(
+            a.base is not base for a in arrays):
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if not a.flags.c_contiguous or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
 def batch_to_list(batch: Batch) -> list:
     """A partition's elements as a list on the host (nulls as ``None``)."""
     elements = on_host(batch.elements)
@@ -420,11 +448,16 @@ def batch_to_list(batch: Batch) -> list:
 def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | list:
     """One stream's result: frames as an ``(n, H, W, C)`` array where shapes agree, else a list."""
     batches = [replace(b, elements=on_host(b.elements)) for b in batches]
+    whole = _one_base(batches) if type_name == "FrameType" else None
+    if whole is not None:
+        return whole
     elements = [e for b in batches for e in batch_to_list(b)]
     if type_name == "FrameType" and all(b.nulls is None for b in batches):
         arrays = [b.elements for b in batches]
         if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len(
                 {a.shape[1:] for a in arrays}) == 1:
-            return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+            if len(arrays) == 1:  # a view of a user's array comes back as a copy
+                return arrays[0] if arrays[0].base is None else arrays[0].copy()
+            return np.concatenate(arrays)
         return stack_elements(elements, True)
     return elements

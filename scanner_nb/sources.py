@@ -69,10 +69,15 @@ class MemoryStream(ListSource):
         return got
 
 
-def _read_video(index, stream: int, rows: np.ndarray) -> Batch:
+def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None) -> Batch:
+    """Decode a partition's frames (into ``out``, a slice of the result, when given)."""
     from .video import read_frames
 
-    return Batch(stream, rows, read_frames(index, rows), None, "FrameType")
+    try:
+        frames = read_frames(index, rows, out=out)
+    except VideoError as exc:  # name the stream as well as the file and row
+        raise type(exc)(f"NamedVideoStream {name!r} (stream {stream}): {exc}") from None
+    return Batch(stream, rows, frames, None, "FrameType")
 
 
 class VideoFileSource:
@@ -120,8 +125,13 @@ class VideoFileSource:
 
         return read_frames(self.index, rows)
 
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
-        return (_read_video, self.index, stream, rows)
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        """``(H, W, 3)`` of every frame."""
+        return (self.index.height, self.index.width, 3)
+
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
+        return (_read_video, self.index, self.name, stream, rows, out)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""
@@ -307,8 +317,14 @@ class NamedVideoStream(NamedStream):
     def read(self, rows):
         return self._file.read(rows) if self._file is not None else super().read(rows)
 
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
-        return self._file.task(stream, rows) if self._file is not None else super().task(stream, rows)
+    @property
+    def frame_shape(self) -> tuple[int, int, int] | None:
+        return self._file.frame_shape if self._file is not None else None
+
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
+        if self._file is None:
+            return super().task(stream, rows)
+        return self._file.task(stream, rows, out)
 
     @property
     def fps(self) -> float:

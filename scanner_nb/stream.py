@@ -40,12 +40,14 @@ class Stream(DaskMethodsMixin):
     """
 
     def __init__(self, client: Client, ref: Ref, *, requested: dict | None = None,
-                 partition_size: int | None | str = "client", work_packet: int | None = None):
+                 partition_size: int | None | str = "client", work_packet: int | None = None,
+                 in_place: bool = False):
         self._client = client
         self._ref = ref
         self._requested = requested
         self._partition_size = partition_size
         self._work_packet = work_packet
+        self._in_place = in_place
         self._built: Built | None = None
 
     # ------------------------------------------------------------ what it is
@@ -90,7 +92,8 @@ class Stream(DaskMethodsMixin):
             size = self._partition_size
             size = self._client.partition_size if size == "client" else size
             self._built = build_graph(self._ref, requested, size, self._client.token,
-                                      self._client.instance_key, self._work_packet)
+                                      self._client.instance_key, self._work_packet,
+                                      self._in_place)
         return self._built
 
     def _streams(self) -> list[int]:
@@ -112,7 +115,7 @@ class Stream(DaskMethodsMixin):
 
     def __dask_tokenize__(self):
         return (self._ref.node.token, self._ref.output, tokenize(self._requested),
-                self._partition_size, self._work_packet)
+                self._partition_size, self._work_packet, self._in_place)
 
     def __dask_postcompute__(self):
         return _finalize, (self.type_name,)
@@ -136,6 +139,10 @@ class Stream(DaskMethodsMixin):
             where shapes differ or nulls occur), a list of elements otherwise; nulls are ``None``.
         """
         view = self if perf_params is None else self.with_perf_params(perf_params)
+        if self._client.distributed is None:  # results land here: decode frames in place
+            view = Stream(self._client, self._ref, requested=view._requested,
+                          partition_size=view._partition_size, work_packet=view._work_packet,
+                          in_place=True)
         return self._client.compute_collections([view], progress=progress, **kwargs)[0]
 
     def persist(self, **kwargs) -> Stream:

@@ -675,9 +675,6 @@ def test_corrupt_region_found_while_decoding_names_the_file_and_row(bad_files, d
         sc.ops.FrameDifference(frame=sc.streams.Stride(inp, [2])).compute()
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: a decode-time VideoError names the file and "
-                   "the row but not the stream (sources._read_video should add the stream's "
-                   "name, as VideoFileSource.index does)")
 def test_corrupt_region_error_names_the_stream(bad_files, db):
     sc = make_client(db, 12)
     inp = sc.io.Input([sp.NamedVideoStream(sc, "damaged", path=bad_files["corrupt_middle.mp4"])])
@@ -766,3 +763,15 @@ def test_range_past_the_end_is_cut_like_a_slice(videos, db):
     assert ranged.lengths == [2, 0]
     got = ranged.compute()
     assert indices(got[0]) == [5, 6] and len(got[1]) == 0
+
+
+def test_compute_decodes_into_one_array_without_a_final_copy(videos, db):
+    from scanner_nb import runtime
+
+    sc = make_client(db, 12)
+    (frames,) = sc.io.Input([sp.NamedVideoStream(sc, "inplace", path=videos["h264_gop12"])]).compute()
+    assert runtime._RESULT_BUFFERS.get(id(frames)) is frames  # the buffer itself, not a copy
+    assert indices(frames) == list(range(len(frames)))
+    memory = np.zeros((6, 4, 4, 3), np.uint8)
+    (again,) = sc.io.Input([sp.MemoryStream(memory)]).compute()
+    assert not np.shares_memory(again, memory) and np.array_equal(again, memory)
