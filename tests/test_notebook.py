@@ -511,3 +511,47 @@ def test_importing_the_package_imports_nothing_heavy():
         "assert nb.Preview.__name__ == 'Preview'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- through the engine
+
+def test_stream_preview_computes_exactly_the_row_shown(tmp_path):
+    """A slider step runs the kernel once, on that row; a stencil decodes only its window."""
+    from typing import Any
+
+    import scanner_nb as sp
+    from scanner_nb import video
+    from scanner_nb.samples import frame_index, make_video
+
+    calls = []
+
+    @sp.register_python_op(name="preview_counted")
+    def counted(config, frame: sp.FrameType) -> sp.FrameType:
+        calls.append(frame_index(frame))
+        return frame
+
+    path = make_video(str(tmp_path / "p.mp4"), n_frames=60, gop=12)
+    sc = sp.Client(db_path=str(tmp_path / "db"), show_progress=False)
+    frames = sc.io.Input([sp.NamedVideoStream(sc, "p", path=path)])
+    preview = sc.ops.preview_counted(frame=frames).preview()
+    assert preview.slider.max == 59 and calls == [0]
+    video.reset_decode_stats()
+    preview.slider.value = 30
+    assert calls == [0, 30]
+    assert sum(video.decode_stats().values()) <= 7  # seek to keyframe 24, decode 24..30
+    decoded = iio.imread(preview.image.value)
+    assert frame_index(decoded) == 30
+    preview.slider.value = 0  # cached: no kernel call
+    assert calls == [0, 30]
+
+    @sp.register_python_op(name="preview_broken")
+    def broken(config, x: Any) -> Any:
+        if x == 3:
+            raise RuntimeError("bad row")
+        return x
+
+    numbers = sc.ops.preview_broken(x=sc.io.Input([sp.MemoryStream(list(range(5)))])).preview()
+    numbers.slider.value = 3
+    assert numbers.showing == "error" and "preview_broken" in numbers.text.value
+    numbers.slider.value = 4
+    assert numbers.showing == "text" and "4" in numbers.text.value
