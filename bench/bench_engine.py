@@ -18,13 +18,16 @@ import numpy as np
 import scanner_nb as sp
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
+def median_times(fns, repeat: int) -> list[float]:
+    """Median wall time of each function, runs interleaved so that load on the machine hits
+    both sides alike."""
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def trivial(x):
@@ -71,7 +74,7 @@ def overhead(n: int, repeat: int, partition_size) -> dict:
         return sc.ops.bench_trivial(x=stream).compute()
 
     assert engine()[0] == plain()
-    t_plain, t_engine = median_time(plain, repeat), median_time(engine, repeat)
+    t_plain, t_engine = median_times([plain, engine], repeat)
     return {"plain_s": t_plain, "engine_s": t_engine,
             "overhead_us": (t_engine - t_plain) / n * 1e6}
 
@@ -88,7 +91,7 @@ def speedup(n: int, repeat: int, address=None, partition_size=None) -> dict:
 
     expected = plain()
     assert engine()[0] == expected
-    t_plain, t_engine = median_time(plain, repeat), median_time(engine, repeat)
+    t_plain, t_engine = median_times([plain, engine], repeat)
     sc.close()
     return {"plain_s": t_plain, "engine_s": t_engine, "speedup": t_plain / t_engine}
 

@@ -83,7 +83,7 @@ class Client:
     @property
     def index_cache_dir(self) -> str:
         """The local folder video indexes are cached in: beside the database when it is local."""
-        from .storage import default_db_path
+        from .names import default_db_path
 
         url = self._db_path or default_db_path()
         if "://" not in url or url.startswith("file://"):

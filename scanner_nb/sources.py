@@ -175,7 +175,7 @@ class NamedStream:
     """
 
     def __init__(self, sc, name: str):
-        from .storage import validate_name
+        from .names import validate_name
 
         self._client = sc
         self.name = validate_name(name)

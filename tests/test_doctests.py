@@ -4,10 +4,10 @@ import doctest
 
 import pytest
 
-from scanner_nb import _compat, client, plan, run, sources, streamops, types
+from scanner_nb import _compat, client, names, plan, run, sources, streamops, types
 
 
-@pytest.mark.parametrize("module", [_compat, plan, types, streamops, run, sources, client],
+@pytest.mark.parametrize("module", [_compat, names, plan, types, streamops, run, sources, client],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     import scanner_nb
