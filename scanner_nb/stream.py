@@ -199,9 +199,11 @@ class Stream(DaskMethodsMixin):
             raise RowIndexError(f"row {row} is outside stream {stream_index} of length {n}")
         view = self._derive(requested={stream_index: np.array([row], np.int64)})
         if self._client.distributed is None:  # a handful of tasks: no thread pool round trips
-            import dask
+            from dask.local import get_sync
 
-            return dask.compute(view, scheduler="sync")[0][0][0]
+            built = view._build()
+            (batches,) = get_sync(built.graph, [built.keys[stream_index]])
+            return _finalize([batches], self.type_name)[0][0]
         return self._client.compute_collections([view], progress=False)[0][0][0]
 
     def rows(self, stream_index: int, rows: Sequence[int], progress: bool | None = False):
