@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -85,15 +86,34 @@ def speedup(n: int, repeat: int, address=None, partition_size=None) -> dict:
 
     sc = sp.Client(address=address, show_progress=False, partition_size=partition_size)
 
-    def engine():
+    def engine(**kwargs):
         seeds = sc.io.Input([sp.MemoryStream(list(range(n)))])
-        return sc.ops.bench_heavy(frame=sc.ops.bench_synth(seed=seeds)).compute()
+        stream = sc.ops.bench_heavy(frame=sc.ops.bench_synth(seed=seeds))
+        return sc.compute_collections([stream], progress=False, **kwargs)[0]
+
+    def engine_one_thread():
+        return engine(num_workers=1)
+
+    def plain_in_a_thread():  # the same loop where the engine's work runs: not the main thread
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(plain).result()
 
     expected = plain()
     assert engine()[0] == expected
-    t_plain, t_engine = median_times([plain, engine], repeat)
+    fns = [plain, plain_in_a_thread, engine] + ([engine_one_thread] if address is None else [])
+    t_plain, t_thread, t_engine, *t_one = median_times(fns, repeat)
     sc.close()
-    return {"plain_s": t_plain, "engine_s": t_engine, "speedup": t_plain / t_engine}
+    return {"plain_s": t_plain, "engine_s": t_engine, "thread_s": t_thread,
+            "speedup": t_plain / t_engine, "speedup_thread": t_thread / t_engine,
+            "parallel": t_one[0] / t_engine if t_one else None}
+
+
+def _speedups(r: dict) -> str:
+    text = (f"{r['speedup']:.2f}x faster ({r['speedup_thread']:.2f}x the same loop in one "
+            f"worker thread, {r['thread_s']:.3f}s")
+    if r["parallel"]:
+        text += f"; 2 threads vs 1: {r['parallel']:.2f}x"
+    return text + ")"
 
 
 def main() -> None:
@@ -109,14 +129,14 @@ def main() -> None:
     for size in (None, 16, 64):
         r = speedup(n_frames, max(1, repeat - 2), partition_size=size)
         rows.append((f"{n_frames} frames 360p heavy op, threads, partition_size={size or 'default'}",
-                     r["plain_s"], r["engine_s"], f"{r['speedup']:.2f}x faster"))
+                     r["plain_s"], r["engine_s"], _speedups(r)))
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                       silence_logs=40) as cluster:
         r = speedup(n_frames, max(1, repeat - 2), address=cluster)
         rows.append((f"{n_frames} frames 360p heavy op, LocalCluster 2x1", r["plain_s"],
-                     r["engine_s"], f"{r['speedup']:.2f}x faster"))
+                     r["engine_s"], _speedups(r)))
     width = max(len(r[0]) for r in rows)
     print(f"{'case':<{width}}  {'plain loop':>11}  {'scanner_nb':>11}  result")
     for name, plain, engine, result in rows:
