@@ -70,6 +70,7 @@ from typing import Any, Callable
 import av
 import imageio.v3 as iio
 import numpy as np
+from benchlib import clip
 
 MiB = 1 << 20
 JPEG_QUALITY = 90  # Preview's default jpeg_quality; the hand steps use the same
@@ -80,19 +81,6 @@ JPEG_QUALITY = 90  # Preview's default jpeg_quality; the hand steps use the same
 # ----------------------------------------------------------------------------------------------
 
 
-def clip(folder: str, n: int, width: int, height: int, gop: int, fps: int = 30) -> str:
-    """A make_video clip, made once and kept (its name holds its parameters)."""
-    from scanner_nb.samples import make_video
-
-    path = os.path.join(folder, f"clip_{width}x{height}_{n}f_gop{gop}_{fps}fps.mp4")
-    if not os.path.exists(path):
-        start = time.perf_counter()
-        tmp = path + ".part.mp4"
-        make_video(tmp, n_frames=n, width=width, height=height, fps=fps, gop=gop)
-        os.replace(tmp, path)
-        print(f"  made {os.path.basename(path)} in {time.perf_counter() - start:.1f}s",
-              flush=True)
-    return path
 
 
 def med(ts: list[float]) -> float:
