@@ -7,6 +7,7 @@ It owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 import uuid
@@ -213,7 +214,7 @@ class Client:
                                    (spec.config_params, config_args, "stream-config")):
             for name, default in table.items():
                 if name not in given:
-                    if default is _EMPTY:
+                    if default is inspect.Parameter.empty:
                         raise ScannerTypeError(f"op {op!r} is missing {what} param {name!r}")
                     if what == "stream-config":
                         given[name] = [default] * first.num_streams
@@ -248,10 +249,6 @@ class Client:
         where = "local threads" if self.distributed is None else repr(self.distributed)
         return f"<scanner_nb.Client on {where}, partition_size={self.partition_size}>"
 
-
-from inspect import Parameter as _Parameter  # noqa: E402
-
-_EMPTY = _Parameter.empty
 
 
 def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: int) -> None:

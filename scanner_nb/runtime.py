@@ -451,7 +451,6 @@ def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | li
     whole = _one_base(batches) if type_name == "FrameType" else None
     if whole is not None:
         return whole
-    elements = [e for b in batches for e in batch_to_list(b)]
     if type_name == "FrameType" and all(b.nulls is None for b in batches):
         arrays = [b.elements for b in batches]
         if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len(
@@ -459,5 +458,5 @@ def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | li
             if len(arrays) == 1:  # a view of a user's array comes back as a copy
                 return arrays[0] if arrays[0].base is None else arrays[0].copy()
             return np.concatenate(arrays)
-        return stack_elements(elements, True)
-    return elements
+        return stack_elements([e for b in batches for e in batch_to_list(b)], True)
+    return [e for b in batches for e in batch_to_list(b)]

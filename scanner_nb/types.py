@@ -7,6 +7,7 @@ Serialization is used whenever elements leave a process or are stored.
 
 from __future__ import annotations
 
+import collections.abc
 import pickle
 import typing
 from dataclasses import dataclass, field
@@ -143,10 +144,7 @@ def sequence_depth(annotation: Any) -> tuple[int, Any]:
     (2, <class 'bytes'>)
     """
     depth = 0
-    while typing.get_origin(annotation) in (Sequence, list, typing.Sequence) or (
-        typing.get_origin(annotation) is not None
-        and getattr(typing.get_origin(annotation), "__name__", "") == "Sequence"
-    ):
+    while typing.get_origin(annotation) in (collections.abc.Sequence, list):
         (annotation,) = typing.get_args(annotation) or (Any,)
         depth += 1
     return depth, annotation
