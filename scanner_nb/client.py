@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import sys
 import uuid
 from typing import Any, Callable, Sequence
 
@@ -17,6 +16,7 @@ import dask
 import dask.threaded
 from dask.base import tokenize
 
+from . import progress as progress_
 from . import runtime
 from .devices import DeviceType, choose_device, gpu_available, gpu_unavailable_reason
 from .errors import ScannerTypeError, ScannerValueError
@@ -141,22 +141,9 @@ class Client:
         if self.distributed is not None:
             if not show:
                 return list(dask.compute(*collections, scheduler=self.distributed, **kwargs))
-            from distributed import progress as distributed_progress
-
             futures = self.distributed.compute(list(collections), **kwargs)
-            widget = distributed_progress(futures, scheduler=self.distributed.scheduler.address)
-            if widget is not None:  # in Jupyter progress() returns the widget to display
-                from IPython.display import display
-
-                display(widget)
-            return self.distributed.gather(futures)
-        bar = contextlib.nullcontext()
-        if show:
-            from tqdm.dask import TqdmCallback
-
-            # in a notebook a finished bar stays (a closed widget would show nothing)
-            bar = TqdmCallback(desc="scanner_nb", leave="ipykernel" in sys.modules)
-        with bar:
+            return progress_.gather(self.distributed, futures)
+        with progress_.local_bar() if show else contextlib.nullcontext():
             return list(dask.compute(*collections, scheduler=dask.threaded.get, **kwargs))
 
     # ------------------------------------------------------------ ops

@@ -17,7 +17,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from . import runtime
-from .plan import Node, NodePlan, OpNode, Ref, SampleNode, SourceNode, analyze
+from .plan import Node, NodePlan, OpNode, Ref, SourceNode, analyze
 
 __all__ = ["Built", "build_graph"]
 

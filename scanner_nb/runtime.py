@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .devices import DeviceType, array_module, is_device_array, to_device, to_host
-from .errors import KernelError, ScannerError
+from .errors import KernelError
 from .kernel import Kernel, KernelConfig, OpSpec
-from .types import Batch, concat_batches, lookup_type, stack_elements
+from .types import Batch, concat_batches, stack_elements
 
 __all__ = ["OpContext", "read_source", "run_op", "sample", "batch_to_list", "assemble_stream",
            "close_instances", "take_rows"]

@@ -4,15 +4,16 @@ import doctest
 
 import pytest
 
-from scanner_nb import _compat, client, names, plan, run, sources, streamops, types
+from scanner_nb import _compat, client, names, plan, run, streamops, types
+from scanner_nb.sources import memory, stored
 
 
-@pytest.mark.parametrize("module", [_compat, names, plan, types, streamops, run, sources, client],
+@pytest.mark.parametrize("module", [_compat, names, plan, types, streamops, run, memory, stored, client],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     import scanner_nb
 
     result = doctest.testmod(module, extraglobs={"sp": scanner_nb, "Client": client.Client,
-                                                 "MemoryStream": sources.MemoryStream},
+                                                 "MemoryStream": memory.MemoryStream},
                              optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

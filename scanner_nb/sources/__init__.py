@@ -1,0 +1,10 @@
+"""Input streams, one module each: ``MemoryStream`` (memory), a video file (video) and stored
+streams (stored). Each is a :class:`~scanner_nb.plan.Source`: it knows its length and element
+type, splits the rows a graph needs into partitions, and reads a partition where the task runs.
+"""
+
+from .memory import MemoryStream, resolve_type
+from .stored import NamedStream, NamedVideoStream
+from .video import VideoFileSource
+
+__all__ = ["MemoryStream", "NamedStream", "NamedVideoStream", "VideoFileSource", "resolve_type"]
