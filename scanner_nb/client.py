@@ -138,13 +138,8 @@ class Client:
                             **kwargs) -> list:
         """Compute dask collections on this client's scheduler, with a progress bar if asked."""
         show = self.show_progress if progress is None else progress
-        if self.distributed is not None:
-            if not show:
-                return list(dask.compute(*collections, scheduler=self.distributed, **kwargs))
-            futures = self.distributed.compute(list(collections), **kwargs)
-            return progress_.gather(self.distributed, futures)
-        with progress_.local_bar() if show else contextlib.nullcontext():
-            return list(dask.compute(*collections, scheduler=dask.threaded.get, **kwargs))
+        return progress_.compute(collections, dclient=self.distributed,
+                                 scheduler=dask.threaded.get, show=show, **kwargs)
 
     # ------------------------------------------------------------ ops
     def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
