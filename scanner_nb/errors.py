@@ -14,6 +14,7 @@ that too, so ``except ValueError`` keeps working::
     ├── DeviceUnavailableError                 a GPU-only op where no GPU is usable
     ├── StreamExistsError                      cache mode Error and the output exists
     ├── StreamNotFoundError (KeyError)         loading a stored stream that does not exist
+    ├── OpNotFoundError (AttributeError)       sc.ops.Name with no op of that name
     └── StorageError                           db_path not writable, unknown stored type
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "StreamExistsError",
     "StreamNotFoundError",
     "StorageError",
+    "OpNotFoundError",
 ]
 
 
@@ -76,6 +78,10 @@ class StreamNotFoundError(ScannerError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the repr of the message
         return str(self.args[0]) if self.args else ""
+
+
+class OpNotFoundError(ScannerError, AttributeError):
+    """``sc.ops.Name`` where no op is registered under that name (``hasattr`` still works)."""
 
 
 class StorageError(ScannerError):

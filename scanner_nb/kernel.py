@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .devices import DeviceType, normalize_device_sets
-from .errors import ScannerTypeError, ScannerValueError
+from .errors import OpNotFoundError, ScannerTypeError, ScannerValueError
 from .types import StreamType, sequence_depth, type_of
 
 __all__ = ["Kernel", "KernelConfig", "OpSpec", "register_python_op", "lookup_op", "op_names"]
@@ -178,7 +178,7 @@ def lookup_op(name: str) -> OpSpec:
     try:
         entry = _REGISTRY[name]
     except KeyError:
-        raise AttributeError(
+        raise OpNotFoundError(
             f"no op named {name!r} is registered; registered ops: {', '.join(op_names()) or 'none'}"
         ) from None
     if isinstance(entry, _PendingClass):

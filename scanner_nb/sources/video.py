@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 
 import numpy as np
 
 from ..errors import VideoError
-from ..plan import FRAME_PARTITION_BYTES
 from ..types import Batch
+from .base import Source, frame_partition_rows
 
 __all__ = ["VideoFileSource"]
 
@@ -26,8 +25,12 @@ def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None) -> Ba
     return Batch(stream, rows, frames, None, "FrameType")
 
 
-class VideoFileSource:
-    """A video file, indexed by demuxing (cached), read a partition of GOPs at a time."""
+class VideoFileSource(Source):
+    """A video file, indexed by demuxing (cached), read a partition of GOPs at a time.
+
+    Its token is the file's path, size and modification time; its index is :meth:`shared`, one
+    graph key every read task depends on (a task never carries the index itself).
+    """
 
     type_name = "FrameType"
 
@@ -36,8 +39,15 @@ class VideoFileSource:
         self.path = os.path.abspath(os.fspath(path))
         self.cache_dir = cache_dir
         self.label = f"NamedVideoStream {name!r}"
-        self.token = uuid.uuid4().hex
         self._index = None
+
+    @property
+    def token(self) -> str:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return f"video-{self.path}-missing"
+        return f"video-{self.path}-{stat.st_size}-{stat.st_mtime_ns}"
 
     @property
     def index(self):
@@ -62,9 +72,15 @@ class VideoFileSource:
         from ..video import plan_partitions
 
         if partition_size is None:
-            frame_bytes = self.index.width * self.index.height * 3
-            partition_size = max(1, FRAME_PARTITION_BYTES // max(1, frame_bytes))
+            partition_size = frame_partition_rows(self.frame_bytes)
         return plan_partitions(self.index, rows, partition_size)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.index.width * self.index.height * 3
+
+    def check(self) -> None:
+        self.index  # noqa: B018 - index now: a bad file fails at the call
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         from ..video import read_frames
@@ -76,8 +92,11 @@ class VideoFileSource:
         """``(H, W, 3)`` of every frame."""
         return (self.index.height, self.index.width, 3)
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
-        return (_read_video, self.index, self.name, stream, rows, out)
+    def shared(self):
+        return self.index
+
+    def read_task(self, stream: int, rows: np.ndarray, shared) -> tuple:
+        return (_read_video, shared, self.name, stream, rows)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""
