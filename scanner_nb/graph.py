@@ -20,10 +20,10 @@ import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from . import runtime
-from .plan import Node, NodePlan, OpNode, Ref, SourceNode, analyze
+from .plan import Node, NodePlan, OpNode, Ref, SourceNode, analyze, pieces_for
 from .sources.base import Payload, unbox
 
-__all__ = ["Built", "View", "build_graph"]
+__all__ = ["Built", "View", "build_graph", "build_union"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,11 +38,16 @@ class View:
         Rows per partition (``None``: each source's default; ``"session"``: the client's).
     work_packet : int or None
         Most rows handed to one ``execute`` call of a batch op.
+    in_place : bool
+        Read a frame source that is the root straight into one result array per stream (each
+        partition into its slice), so the result needs no final concatenation. Set only by
+        ``Stream.compute`` when results land in this process.
     """
 
     requested: dict | None = None
     partition_size: int | None | str = "session"
     work_packet: int | None = None
+    in_place: bool = False
 
 
 @dataclass
@@ -69,7 +74,7 @@ def _layer_name(node: Node, plan: NodePlan) -> str:
 
 def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,
                 session: str, instance_key: Callable, work_packet: int | None = None,
-                workers: list | None = None) -> Built:
+                workers: list | None = None, in_place: bool = False) -> Built:
     """Build the Dask graph that computes ``requested`` rows of ``root``.
 
     Parameters
@@ -88,8 +93,71 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         Most rows handed to one ``execute`` call of a batch op.
     workers : list of str, optional
         A cluster's workers: each unbounded-state chain is pinned to one of them.
+    in_place : bool
+        See :class:`View`.
     """
-    plans = analyze([(root, requested)], partition_size)
+    layers, deps, plans, key = _layers([(root, requested)], partition_size, session,
+                                       instance_key, work_packet, workers, in_place)
+    root_plan = plans[root.node]
+    keys, rows = {}, {}
+    for s, wanted in requested.items():
+        sp = root_plan.streams.get(s)
+        if sp is None:
+            keys[s], rows[s] = [], []
+            continue
+        keys[s] = [key(root, s, p) for p in range(len(sp.parts))]
+        rows[s] = list(sp.parts)
+        if len(sp.rows) != len(wanted):  # the root computed more (unbounded state): keep asked
+            digest = hashlib.blake2b(keys[s][0][0].encode(), digest_size=16)
+            digest.update(np.asarray(wanted).tobytes())
+            name = f"select-{digest.hexdigest()}"
+            layer = layers.setdefault(name, {})
+            deps.setdefault(name, set()).add(keys[s][0][0])
+            pieces_ = [[k, np.flatnonzero(np.isin(r, wanted))] for k, r in zip(keys[s], rows[s])]
+            layer[(name, s, 0)] = (runtime.take_rows, [p for p in pieces_ if len(p[1])])
+            keys[s], rows[s] = [(name, s, 0)], [np.asarray(wanted)]
+    return Built(_hlg(layers, deps), keys, rows, plans)
+
+
+def _hlg(layers: dict, deps: dict) -> HighLevelGraph:
+    return HighLevelGraph({n: (t if isinstance(t, MaterializedLayer) else MaterializedLayer(t))
+                           for n, t in layers.items()}, deps)
+
+
+def build_union(requests: list[tuple[Ref, dict, dict, dict]], partition_size: int | None,
+                session: str, instance_key: Callable, work_packet: int | None = None,
+                workers: list | None = None) -> HighLevelGraph:
+    """One graph computing several requests from ONE row analysis of what they all need, so a
+    node two collections ask for different rows of runs once. Each request is ``(root,
+    requested, keys, rows)``: the keys (and their rows) the collection declared; each becomes a
+    task taking its rows from the union's partitions."""
+    layers, deps, plans, key = _layers([(r, q) for r, q, _, _ in requests], partition_size,
+                                       session, instance_key, work_packet, workers, False)
+    aliases: dict = {}
+    needed: set = set()
+    for root, _, keys, rows in requests:
+        root_plan = plans[root.node]
+        for s in keys:
+            for k, wanted in zip(keys[s], rows[s]):
+                pieces = [[key(root, p.stream, p.part), p.positions]
+                          for p in pieces_for(root_plan.streams[s], s, np.asarray(wanted))]
+                if len(pieces) == 1 and pieces[0][1] is None and pieces[0][0] == k:
+                    continue  # the union computes this very partition under this very key
+                aliases[k] = (runtime.take_rows, pieces)
+                needed.update(p[0][0] for p in pieces)
+    if aliases:
+        name = f"union-{hashlib.blake2b(repr(sorted(map(str, aliases))).encode(), digest_size=16).hexdigest()}"
+        layers[name] = aliases
+        deps[name] = needed
+    return _hlg(layers, deps)
+
+
+def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, session: str,
+            instance_key: Callable, work_packet: int | None, workers: list | None,
+            in_place: bool):
+    """The layers computing ``requests``: ``(layers, deps, plans, key function)``."""
+    plans = analyze(requests, partition_size)
+    roots = {id(ref.node) for ref, _ in requests}
     names: dict[Node, str] = {}
     layers: dict[str, object] = {}
     deps: dict[str, set] = {}
@@ -109,7 +177,8 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         dependencies = {names[ref.node] if len(ref.node.types) == 1
                         else f"{names[ref.node]}-out{ref.output}" for ref in node.inputs}
         if isinstance(node, SourceNode):
-            _source_tasks(node, name, plan, tasks, layers, deps, dependencies)
+            _source_tasks(node, name, plan, tasks, layers, deps, dependencies,
+                          in_place and id(node) in roots)
         elif isinstance(node, OpNode):
             shared = any(plans[ref.node].shared for ref in node.inputs)
             _op_tasks(node, name, plan, tasks, layers, deps, dependencies, pieces, session,
@@ -128,34 +197,16 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
                                     for s, sp in plan.streams.items()
                                     for p in range(len(sp.parts))}
                 deps[out_name] = {name}
-    root_plan = plans[root.node]
-    keys, rows = {}, {}
-    for s, wanted in requested.items():
-        sp = root_plan.streams.get(s)
-        if sp is None:
-            keys[s], rows[s] = [], []
-            continue
-        keys[s] = [key(root, s, p) for p in range(len(sp.parts))]
-        rows[s] = list(sp.parts)
-        if len(sp.rows) != len(wanted):  # the root computed more (unbounded state): keep asked
-            digest = hashlib.blake2b(keys[s][0][0].encode(), digest_size=16)
-            digest.update(np.asarray(wanted).tobytes())
-            name = f"select-{digest.hexdigest()}"
-            layer = layers.setdefault(name, {})
-            deps.setdefault(name, set()).add(keys[s][0][0])
-            pieces_ = [[k, np.flatnonzero(np.isin(r, wanted))] for k, r in zip(keys[s], rows[s])]
-            layer[(name, s, 0)] = (runtime.take_rows, [p for p in pieces_ if len(p[1])])
-            keys[s], rows[s] = [(name, s, 0)], [np.asarray(wanted)]
-    graph_layers = {n: (t if isinstance(t, MaterializedLayer) else MaterializedLayer(t))
-                    for n, t in layers.items()}
-    return Built(HighLevelGraph(graph_layers, deps), keys, rows, plans)
+    return layers, deps, plans, key
 
 
 def _source_tasks(node: SourceNode, name: str, plan: NodePlan, tasks: dict, layers: dict,
-                  deps: dict, dependencies: set) -> None:
+                  deps: dict, dependencies: set, in_place: bool) -> None:
     """Read tasks; a source's shared data (a video's index) is one key they all depend on."""
     for s, sp in plan.streams.items():
         source = node.sources[s]
+        shape = source.frame_shape if in_place else None
+        buffer = None if shape is None else runtime.result_buffer((len(sp.rows), *shape))
         for extra, extra_tasks in source.layers().items():  # persisted partitions
             layers[extra] = extra_tasks
             deps[extra] = set()
@@ -168,8 +219,11 @@ def _source_tasks(node: SourceNode, name: str, plan: NodePlan, tasks: dict, laye
             layers[shared_name] = {shared_key: (unbox, Payload(shared))}
             deps[shared_name] = set()
             dependencies.add(shared_name)
+        start = 0
         for p, rows in enumerate(sp.parts):
-            tasks[(name, s, p)] = source.read_task(s, rows, shared_key)
+            out = None if buffer is None else buffer[start:start + len(rows)]
+            start += len(rows)
+            tasks[(name, s, p)] = source.read_task(s, rows, shared_key, out)
 
 
 def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict, deps: dict,

@@ -89,6 +89,13 @@ class Session:
             return self.distributed, None
         return None, scheduler
 
+    def lands_here(self, scheduler: Any = None) -> bool:
+        """Whether a compute with ``scheduler=`` runs in this process's memory (threads or
+        synchronous), so tasks may write straight into one result array."""
+        dclient, scheduler = self._where(scheduler)
+        return dclient is None and (scheduler is dask.threaded.get or scheduler in (
+            "threads", "threading", "sync", "synchronous", "single-threaded"))
+
     def compute(self, collections: Sequence, *, progress: bool | None = None,
                 label: str = "scanner_nb", **kwargs) -> list:
         """Compute Dask collections where this session runs graphs.

@@ -7,6 +7,7 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import runtime
 from .errors import RowIndexError, ScannerTypeError
-from .graph import Built, View, build_graph
+from .graph import Built, View, build_graph, build_union
 from .plan import OpNode, Ref, SourceNode, topological
 from .sources.persisted import PersistedSource
 
@@ -84,21 +85,32 @@ class Stream(DaskMethodsMixin):
     def _build(self) -> Built:
         if self._built is None:
             view = self._view
-            requested = view.requested
-            if requested is None:
-                requested = {s: np.arange(n, dtype=np.int64) for s, n in enumerate(self.lengths)}
+            requested = self._requested_rows()
             size = view.partition_size
             size = self._client.partition_size if size == "session" else size
             session = self._client.session
             self._built = build_graph(self._ref, requested, size, session.token,
                                       self._client.instance_key, view.work_packet,
-                                      session.workers())
+                                      session.workers(), view.in_place)
+            for keys in self._built.keys.values():
+                for k in keys[:1]:
+                    _BUILT[k[0]] = self
         return self._built
+
+    def _requested_rows(self) -> dict:
+        requested = self._view.requested
+        if requested is None:
+            requested = {s: np.arange(n, dtype=np.int64) for s, n in enumerate(self.lengths)}
+        return requested
 
     def _streams(self) -> list[int]:
         return sorted(self._build().keys)
 
-    __dask_optimize__ = None  # the row analysis already builds only the tasks needed
+    @staticmethod
+    def __dask_optimize__(dsk, keys, **kwargs):
+        """Several Streams computed together (``dask.compute(a, b)``): one row analysis of
+        what they all need, so a node they ask for different rows of runs once."""
+        return _optimize_together(dsk, keys)
 
     def __dask_graph__(self) -> HighLevelGraph:
         return self._build().graph
@@ -115,7 +127,7 @@ class Stream(DaskMethodsMixin):
     def __dask_tokenize__(self):
         view = self._view
         return (self._ref.node.token, self._ref.output, tokenize(view.requested),
-                view.partition_size, view.work_packet)
+                view.partition_size, view.work_packet, view.in_place)
 
     def __dask_postcompute__(self):
         return _finalize, (self.type_name,)
@@ -149,8 +161,11 @@ class Stream(DaskMethodsMixin):
             where shapes differ or nulls occur), a list of elements otherwise; nulls are ``None``.
         """
         view = self if perf_params is None else self.with_perf_params(perf_params)
-        return self._client.session.compute([view], progress=progress, label=self._ref.node.label,
-                                            **kwargs)[0]
+        session = self._client.session
+        if session.lands_here(kwargs.get("scheduler")):  # decode frames into the result
+            view = view._derive(in_place=True)
+        return session.compute([view], progress=progress, label=self._ref.node.label,
+                               **kwargs)[0]
 
     def persist(self, **kwargs) -> Stream:
         """Compute the partitions and keep them (in memory, or on the cluster's workers)."""
@@ -342,6 +357,42 @@ class Stream(DaskMethodsMixin):
             import html
 
             return f"<pre>{html.escape(repr(self))}</pre>"
+
+
+_BUILT: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # root layer -> Stream
+
+
+def _optimize_together(dsk, keys):
+    from dask.core import flatten
+
+    streams: dict[int, Stream] = {}
+    names = {k[0] if isinstance(k, tuple) else k for k in flatten(keys)}
+    for name in list(names):  # dask.compute asks for a finalize key over each collection's keys
+        names.update(dsk.dependencies.get(name, ()))
+    for name in names:
+        stream = _BUILT.get(name)
+        if stream is not None:
+            streams.setdefault(id(stream), stream)
+    streams_ = list(streams.values())
+    if len(streams_) < 2:
+        return dsk
+    first = streams_[0]
+    setting = (first._client.session, first._client.partition_size, first._view.partition_size,
+               first._view.work_packet)
+    if any((s._client.session, s._client.partition_size, s._view.partition_size,
+            s._view.work_packet) != setting or s._view.in_place for s in streams_):
+        return dsk
+    size = first._view.partition_size
+    size = first._client.partition_size if size == "session" else size
+    session = first._client.session
+    requests = [(s._ref, s._requested_rows(), s._build().keys, s._build().rows) for s in streams_]
+    union = build_union(requests, size, session.token, first._client.instance_key,
+                        first._view.work_packet, session.workers())
+    ours = {name for s in streams_ for name in s._build().graph.layers}
+    layers = {n: layer for n, layer in dsk.layers.items() if n not in ours}  # finalize tasks
+    deps = {n: (set(dsk.dependencies.get(n, ())) - ours) | (
+        set(union.layers) if set(dsk.dependencies.get(n, ())) & ours else set()) for n in layers}
+    return HighLevelGraph({**layers, **union.layers}, {**deps, **union.dependencies})
 
 
 def _finalize(results, type_name: str) -> list:

@@ -2,9 +2,9 @@
 (:mod:`.instances`). Testable without a graph."""
 
 from .instances import OpContext, close_instances, forget_resources, tune_allocator
-from .tasks import (assemble_stream, batch_to_list, on_host, run_chain, run_op, sample,
-                    take_rows)
+from .tasks import (_RESULT_BUFFERS, assemble_stream, batch_to_list, on_host, result_buffer,
+                    run_chain, run_op, sample, take_rows)
 
 __all__ = ["OpContext", "close_instances", "forget_resources", "tune_allocator",
-           "assemble_stream", "batch_to_list", "on_host", "run_chain", "run_op", "sample",
-           "take_rows"]
+           "assemble_stream", "batch_to_list", "on_host", "result_buffer", "run_chain", "run_op",
+           "sample", "take_rows"]

@@ -8,6 +8,7 @@ an input does not hold the rows the plan said it would.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import replace
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from ..types import Batch, concat_batches, stack_elements
 from .instances import OpContext, acquire, chain_instance, end_chain, enter_stream, release
 
 __all__ = ["run_op", "run_chain", "sample", "take_rows", "batch_to_list", "assemble_stream",
-           "on_host"]
+           "on_host", "result_buffer"]
 
 
 def take_rows(pieces: Sequence) -> Batch:
@@ -262,6 +263,33 @@ def on_host(elements):
     return to_host(elements) if first is not None and is_device_array(first) else elements
 
 
+_RESULT_BUFFERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def result_buffer(shape: tuple, dtype=np.uint8) -> np.ndarray:
+    """An array partitions decode into, returned whole by :func:`assemble_stream`."""
+    buffer = np.empty(shape, dtype=dtype)
+    _RESULT_BUFFERS[id(buffer)] = buffer
+    return buffer
+
+
+def _one_base(batches: Sequence[Batch]) -> np.ndarray | None:
+    """The result buffer the batches' frames are back-to-back slices of, covering all of it."""
+    arrays = [b.elements for b in batches]
+    if not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    base = arrays[0].base
+    if base is None or _RESULT_BUFFERS.get(id(base)) is not base or any(
+            a.base is not base for a in arrays):
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if not a.flags.c_contiguous or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
 def batch_to_list(batch: Batch) -> list:
     """A partition's elements as a list on the host (nulls as ``None``)."""
     elements = on_host(batch.elements)
@@ -273,6 +301,9 @@ def batch_to_list(batch: Batch) -> list:
 def assemble_stream(batches: Sequence[Batch], type_name: str) -> np.ndarray | list:
     """One stream's result: frames as an ``(n, H, W, C)`` array where shapes agree, else a list."""
     batches = [replace(b, elements=on_host(b.elements)) for b in batches]
+    whole = _one_base(batches) if type_name == "FrameType" else None
+    if whole is not None:
+        return whole
     if type_name == "FrameType" and all(b.nulls is None for b in batches):
         arrays = [b.elements for b in batches]
         if arrays and all(isinstance(a, np.ndarray) for a in arrays) and len(

@@ -139,11 +139,14 @@ class Source(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def read_task(self, stream: int, rows: np.ndarray, shared: Any) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared: Any,
+                  out: np.ndarray | None = None) -> tuple:
         """A Dask task reading ``rows`` into a Batch of stream index ``stream``.
 
         ``shared`` is the graph key holding :meth:`shared` (``None`` when it returned ``None``);
-        put it in the task as an argument and Dask passes its value.
+        put it in the task as an argument and Dask passes its value. ``out``, given only for
+        frame sources with a ``frame_shape`` computed on local threads, is the slice of the
+        result array to read the frames into (no final concatenation).
         """
 
     def layers(self) -> dict[str, dict]:

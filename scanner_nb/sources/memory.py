@@ -25,13 +25,16 @@ def resolve_type(type_: Any) -> str:
     return lookup_type(stream_type.name).name
 
 
-def _read_memory(stream: int, rows: np.ndarray, payload: Payload) -> Batch:
+def _read_memory(stream: int, rows: np.ndarray, payload: Payload, out=None) -> Batch:
     """A partition of in-memory elements. The batch travels inside ``payload`` (so its type's
     serializer, not pickle, ships custom elements) and is handed out as a copy of what the
     user holds: a kernel may write into its input without the user's array seeing it."""
     batch = payload.value
     elements = batch.elements
-    if isinstance(elements, np.ndarray):
+    if isinstance(elements, np.ndarray) and out is not None:
+        out[...] = elements
+        elements = out
+    elif isinstance(elements, np.ndarray):
         elements = elements.copy()
     elif batch.type_name == "FrameType":
         elements = [None if e is None else np.array(e) for e in elements]
@@ -81,10 +84,10 @@ class ListSource(Source):
                 partition_size = min(partition_size, frame_partition_rows(self.frame_bytes))
         return memory_partitions(rows, partition_size)
 
-    def read_task(self, stream: int, rows: np.ndarray, shared: Any) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared: Any, out=None) -> tuple:
         """The read task with the partition's elements inside it, so a cluster ships only those."""
         return (_read_memory, stream, rows,
-                Payload(Batch(stream, rows, self.read(rows), None, self.type_name)))
+                Payload(Batch(stream, rows, self.read(rows), None, self.type_name)), out)
 
     def read(self, rows):
         elements = self.elements

@@ -117,7 +117,7 @@ class NamedStream(Source):
     def shared(self):
         return self._manifest or self.manifest()
 
-    def read_task(self, stream: int, rows: np.ndarray, shared) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None) -> tuple:
         return (_read_stored, self.db, self.name, shared, stream, rows)
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
@@ -221,10 +221,10 @@ class NamedVideoStream(NamedStream):
     def shared(self):
         return self._file.shared() if self._file is not None else super().shared()
 
-    def read_task(self, stream: int, rows: np.ndarray, shared) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None) -> tuple:
         if self._file is None:
             return super().read_task(stream, rows, shared)
-        return self._file.read_task(stream, rows, shared)
+        return self._file.read_task(stream, rows, shared, out)
 
     @property
     def fps(self) -> float:

@@ -95,8 +95,8 @@ class VideoFileSource(Source):
     def shared(self):
         return self.index
 
-    def read_task(self, stream: int, rows: np.ndarray, shared) -> tuple:
-        return (_read_video, shared, self.name, stream, rows)
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None) -> tuple:
+        return (_read_video, shared, self.name, stream, rows, out)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""
