@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -240,8 +241,9 @@ def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict
     chained = node.spec.unbounded_state
     chain_name = f"{name}-chain"
     chain_tasks: dict = {}
+    run = uuid.uuid4().hex  # two runs of one graph at once in a process keep apart instances
     for s, sp in plan.streams.items():
-        chain = f"{chain_name}-{s}"
+        chain = f"{chain_name}-{s}-{run}"
         for p, rows in enumerate(sp.parts):
             inputs = [pieces(ref, sp.pieces[p][i]) for i, ref in enumerate(node.inputs)]
             window = sp.windows[p]
@@ -256,8 +258,9 @@ def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict
     if chained:
         annotations = None
         if workers:  # keep each stream's chain on one worker (others if that one is lost)
-            pins = _Pins({s: [workers[zlib.crc32(f"{chain_name}-{s}".encode()) % len(workers)]]
-                          for s in plan.streams})
+            first = zlib.crc32(chain_name.encode())
+            pins = _Pins({s: [workers[(first + i) % len(workers)]]
+                          for i, s in enumerate(plan.streams)})
             annotations = {"workers": pins, "allow_other_workers": True}
         layers[chain_name] = MaterializedLayer(chain_tasks, annotations=annotations)
         deps[chain_name] = set(dependencies)

@@ -29,6 +29,8 @@ from .errors import ScannerTypeError
 
 __all__ = ["Session", "connect"]
 
+_CHAIN_ATTEMPTS = 3
+
 
 def connect(address: Any):
     """``(distributed.Client or None, whether it was made here)`` for a Client's ``address``.
@@ -113,8 +115,20 @@ class Session:
         """
         show = self.show_progress if progress is None else progress
         dclient, scheduler = self._where(kwargs.pop("scheduler", None))
-        return progress_.compute(collections, dclient=dclient, scheduler=scheduler, label=label,
-                                 show=show, **kwargs)
+        for attempt in range(_CHAIN_ATTEMPTS):
+            try:
+                return progress_.compute(collections, dclient=dclient, scheduler=scheduler,
+                                         label=label, show=show, **kwargs)
+            except runtime.ChainMoved:
+                # a worker was lost (or a chain task moved): run again, every chain from its
+                # first row on the workers there are now
+                if dclient is None or attempt == _CHAIN_ATTEMPTS - 1:
+                    raise
+                from .stream import Stream
+
+                for collection in collections:
+                    if isinstance(collection, Stream):
+                        collection._forget_graph()
 
     def compute_now(self, graph, keys: list) -> list:
         """Run a small graph synchronously here (one preview row): no pool, no round trips;

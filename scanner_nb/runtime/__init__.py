@@ -1,10 +1,10 @@
 """Worker-side code: per-partition task functions (:mod:`.tasks`) and kernel instances
 (:mod:`.instances`). Testable without a graph."""
 
-from .instances import OpContext, close_instances, forget_resources, tune_allocator
+from .instances import ChainMoved, OpContext, close_instances, forget_resources, tune_allocator
 from .tasks import (_RESULT_BUFFERS, assemble_stream, batch_to_list, on_host, result_buffer,
                     run_chain, run_op, sample, take_rows)
 
-__all__ = ["OpContext", "close_instances", "forget_resources", "tune_allocator",
+__all__ = ["ChainMoved", "OpContext", "close_instances", "forget_resources", "tune_allocator",
            "assemble_stream", "batch_to_list", "on_host", "result_buffer", "run_chain", "run_op",
            "sample", "take_rows"]

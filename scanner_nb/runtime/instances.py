@@ -19,9 +19,15 @@ from ..devices import DeviceType
 from ..errors import KernelError, ScannerError
 from ..kernel import Kernel, KernelConfig, OpSpec
 
-__all__ = ["OpContext", "acquire", "release", "close_instances", "enter_stream",
+__all__ = ["ChainMoved", "OpContext", "acquire", "release", "close_instances", "enter_stream",
            "chain_instance", "end_chain", "resource_folder", "forget_resources",
            "tune_allocator"]
+
+
+class ChainMoved(ScannerError):
+    """A partition of an unbounded-state chain ran in a process that does not hold the chain's
+    instance (its worker was lost, or the scheduler moved the task); the session re-runs the
+    graph, so every chain restarts from its first row."""
 
 
 @dataclass
@@ -176,7 +182,7 @@ def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int)
     with _LOCK:
         kernel, expected = _CHAINS.pop(chain, (None, -1))
     if kernel is None or expected != part:
-        raise ScannerError(
+        raise ChainMoved(
             f"op {ctx.spec.name!r} (unbounded state), stream {stream}: partition {part} of its "
             f"chain ran in a process that does not hold the chain's instance (expected partition "
             f"{expected}); the chain must run in one process")
