@@ -103,7 +103,7 @@ def _elements_token(elements, type_name: str) -> str:
     """A hash of in-memory elements: bytes hashed directly (fast), anything else by Dask."""
     if type_name == "bytes" and isinstance(elements, list):
         digest = hashlib.blake2b(digest_size=16)
-        digest.update(np.fromiter((len(e) for e in elements), np.int64, len(elements)).tobytes())
+        digest.update(np.fromiter(map(len, elements), np.int64, len(elements)).tobytes())
         digest.update(b"".join(elements))
         return digest.hexdigest()
     if type_name in ("Any", "FrameType") or isinstance(elements, np.ndarray):
