@@ -71,9 +71,10 @@ class _WindowSum(sp.Kernel):
         return sum(self.seen)
 
 
-for _k in range(7):
-    sp.register_python_op(type(f"PropWindow{_k}", (_WindowSum,), {"k": _k}),
-                          bounded_state=_k)
+for _k in range(7):  # module attributes, so that workers find them by name
+    globals()[f"PropWindow{_k}"] = sp.register_python_op(
+        type(f"PropWindow{_k}", (_WindowSum,), {"k": _k, "__qualname__": f"PropWindow{_k}"}),
+        bounded_state=_k)
 
 
 @sp.register_python_op(unbounded_state=True)
@@ -209,14 +210,14 @@ SIZES = st.one_of(st.none(), st.integers(1, 7))
 COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-@settings(max_examples=200, **COMMON)
+@settings(max_examples=150, **COMMON)
 @given(data=st.data(), size=SIZES)
 def test_threaded_scheduler_matches_the_reference(data, size):
     with sp.Client(partition_size=size, show_progress=False) as sc:
         _check(data, sc, scheduler="threads")
 
 
-@settings(max_examples=60, **COMMON)
+@settings(max_examples=50, **COMMON)
 @given(data=st.data(), size=SIZES)
 def test_synchronous_scheduler_matches_the_reference(data, size):
     with sp.Client(partition_size=size, show_progress=False) as sc:
@@ -224,7 +225,7 @@ def test_synchronous_scheduler_matches_the_reference(data, size):
 
 
 @pytest.mark.slow
-@settings(max_examples=12, **COMMON)
+@settings(max_examples=8, **COMMON)
 @given(data=st.data(), size=SIZES)
 def test_a_local_cluster_matches_the_reference(cluster, data, size):
     with sp.Client(address=cluster, partition_size=size, show_progress=False) as sc:
