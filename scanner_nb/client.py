@@ -237,9 +237,9 @@ class Client:
 
 def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: int) -> None:
     """Run the kernel's ``check_args`` per stream; its errors become the op call's errors."""
-    check = getattr(spec.kernel_cls, "check_args", None)
-    if check is None or spec.function is not None:
+    if spec.function is not None:
         return
+    check = spec.kernel_cls.check_args
     for s in range(n_streams):
         try:
             check(**init_args, **{k: v[s] for k, v in config_args.items()})
