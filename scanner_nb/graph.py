@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import xxhash
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from . import runtime
@@ -63,7 +64,7 @@ class Built:
 
 def _layer_name(node: Node, plan: NodePlan) -> str:
     """A readable name plus a hash of what the node computes and the partitions asked of it."""
-    digest = hashlib.blake2b(node.token.encode(), digest_size=16)
+    digest = xxhash.xxh3_128(node.token.encode())
     for s, sp in sorted(plan.streams.items()):
         digest.update(f"|{s}:{len(sp.parts)}|".encode())
         for part in sp.parts:

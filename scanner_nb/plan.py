@@ -21,13 +21,13 @@ rows an unbounded-state chain runs, null propagation and slice edges. An op part
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import types as pytypes
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+import xxhash
 from dask.base import tokenize
 
 from .sources.base import DEFAULT_ROWS, FRAME_PARTITION_BYTES, Source
@@ -48,7 +48,7 @@ def code_token(target: Any) -> str:
     >>> code_token(f) == code_token(f), code_token(f) == code_token(g)
     (True, False)
     """
-    digest = hashlib.blake2b(digest_size=16)
+    digest = xxhash.xxh3_128()
     digest.update(f"{getattr(target, '__module__', '')}.{target.__qualname__}".encode())
     if isinstance(target, type):
         functions = [(name, value) for cls in reversed(target.__mro__)
@@ -80,7 +80,7 @@ def _hash_code(digest, code: pytypes.CodeType) -> None:
 
 
 def _digest(*parts: Any) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    digest = xxhash.xxh3_128()
     for part in parts:
         if isinstance(part, np.ndarray):
             digest.update(np.ascontiguousarray(part).tobytes())
@@ -226,7 +226,7 @@ class SampleNode(Node):
                          np.asarray(rows, dtype=np.int64)) for s, rows in mapping]
 
     def _identity(self) -> str:
-        digest = hashlib.blake2b(digest_size=16)
+        digest = xxhash.xxh3_128()
         for s, rows in self.mapping:
             digest.update(np.asarray(s, dtype=np.int64).tobytes())
             digest.update(rows.tobytes())
@@ -281,7 +281,7 @@ def op_window(node: OpNode, out_rows: np.ndarray, length: int) -> Window:
     spec = node.spec
     rows = node.window(out_rows, length)
     fed = node.feed(out_rows)
-    feed = np.searchsorted(rows, fed)
+    feed = np.arange(len(rows)) if fed is rows else np.searchsorted(rows, fed)
     taps = keep = restart = None
     if spec.stencil is not None:
         offsets = np.asarray(spec.stencil, dtype=np.int64)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Sequence
 
 import numpy as np
+import xxhash
 from dask.base import tokenize
 
 from ..errors import ScannerTypeError
@@ -102,7 +102,7 @@ class ListSource(Source):
 def _elements_token(elements, type_name: str) -> str:
     """A hash of in-memory elements: bytes hashed directly (fast), anything else by Dask."""
     if type_name == "bytes" and isinstance(elements, list):
-        digest = hashlib.blake2b(digest_size=16)
+        digest = xxhash.xxh3_128()
         digest.update(np.fromiter(map(len, elements), np.int64, len(elements)).tobytes())
         digest.update(b"".join(elements))
         return digest.hexdigest()
