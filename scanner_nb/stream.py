@@ -265,15 +265,19 @@ class Stream(DaskMethodsMixin):
         return float(getattr(source, "fps", None) or 24.0)
 
     # ------------------------------------------------------------ notebook
-    def preview(self, render: Callable | None = None):
+    def preview(self, render: Callable | None = None, compare: Sequence[Stream] = ()):
         """An ipywidgets preview: stream selector, slider with Play, the element drawn inline.
 
         Each step computes only the row shown (plus a small cache and prefetch while playing).
+        ``compare=[other, ...]`` shows other streams beside this one on the same slider.
         """
-        from .notebook.preview import Preview
+        from .notebook.preview import Preview, Shown
 
         return Preview(self.row, self.lengths, is_frame=self.type_name == "FrameType",
-                       render=render, stream_names=self._stream_names(), fps=self.fps())
+                       render=render, stream_names=self._stream_names(), fps=self.fps(),
+                       title=self._ref.node.label if compare else "",
+                       compare=[Shown(o.row, o.lengths, o.type_name == "FrameType",
+                                      o._ref.node.label) for o in compare])
 
     def plot(self, ax=None):
         """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 from scanner_nb.errors import KernelError  # noqa: E402
 from scanner_nb.notebook.plot import plot_elements  # noqa: E402
-from scanner_nb.notebook.preview import Preview  # noqa: E402
+from scanner_nb.notebook.preview import Preview, Shown  # noqa: E402
 from scanner_nb.notebook.repr import plan_html, plan_text  # noqa: E402
 from scanner_nb.notebook.video import VideoHTML, show_video_html  # noqa: E402
 
@@ -285,14 +285,71 @@ def test_unexpected_error_is_shown_not_lost(previews, monkeypatch):
     assert p.showing == "error" and "MemoryError" in p.text.value and "row 1" in p.text.value
 
 
-def test_wide_frames_are_scaled_down_never_up(previews):
+def test_wide_frames_are_scaled_down_small_ones_up_pixelated(previews):
     wide = np.zeros((1, 10, 1200, 3), np.uint8)
     p = previews(lambda s, r: wide[r], [1], is_frame=True, max_width=960)
     assert p.image.layout.width == "960px"
     small = np.zeros((1, 10, 50, 3), np.uint8)
     q = previews(lambda s, r: small[r], [1], is_frame=True)
-    assert q.image.layout.width == "50px"
+    assert q.image.layout.width == "350px"  # 7 x 50: a whole factor up to min_width=320
+    assert _decode(q.image.value).shape[:2] == (10, 50)  # the frame sent is its own size
+    assert "scanner-nb-pixelated" in q.image._dom_classes
+    assert "image-rendering:pixelated" in q.status.value
     assert q.image.layout.object_fit == "contain" and q.image.layout.height == "auto"
+    r = previews(lambda s, r: small[r], [1], is_frame=True, min_width=0)
+    assert r.image.layout.width == "50px"
+
+
+def test_preview_is_a_widget_that_fits_in_layouts(previews):
+    import ipywidgets as widgets
+
+    a = previews(CountingFetch([_frames(5)]), [5], is_frame=True)
+    b = previews(CountingFetch([_frames(5, seed=1)]), [5], is_frame=True)
+    assert isinstance(a, widgets.VBox) and a.widget is a
+    box = widgets.HBox([a, b])
+    assert box.children == (a, b)
+    assert list(a.children) == [a.dropdown, a._controls, a.image, a.text]
+    box.close()
+
+
+def test_compare_shows_each_collection_on_one_slider(previews):
+    left, right = _frames(8), 255 - _frames(8)
+    f_left, f_right = CountingFetch([left]), CountingFetch([right[:5]])
+    p = previews(f_left, [8], is_frame=True, image_format="png", title="original",
+                 compare=[Shown(f_right, [5], True, "inverted")])
+    assert len(p.panels) == 2 and p.slider.max == 7
+    assert f_left.calls == [(0, 0)] and f_right.calls == [(0, 0)]
+    p.slider.value = 3
+    assert f_left.count(0, 3) == 1 and f_right.count(0, 3) == 1
+    np.testing.assert_array_equal(_decode(p.panels[0].image.value), left[3])
+    np.testing.assert_array_equal(_decode(p.panels[1].image.value), right[3])
+    p.slider.value = 6  # past the shorter collection's end: said so, not fetched
+    assert p.panels[1].showing == "text" and "past the end" in p.panels[1].text.value
+    assert f_right.count(0, 6) == 0
+    p.slider.value = 3  # both cached
+    assert f_left.count(0, 3) == 1 and f_right.count(0, 3) == 1
+    side = p.children[-1]
+    assert [list(box.children)[:2] for box in side.children] == [
+        [p.panels[0].title, p.panels[0].image], [p.panels[1].title, p.panels[1].image]]
+    bundle = p._repr_mimebundle_()
+    assert bundle["text/plain"] == "Preview of original | inverted: stream 0, row 3 of 8"
+    still = _decode(base64.b64decode(bundle["image/jpeg"]))
+    assert still.shape == (48, 64 + 8 + 64, 3)  # both frames side by side
+
+
+def test_saved_preview_carries_its_frame_and_a_caption(previews):
+    frames = _frames(6)
+    p = previews(CountingFetch([frames, frames]), [6, 6], is_frame=True, image_format="png",
+                 stream_names=["cam0", "cam1"])
+    p.dropdown.value = 1
+    p.slider.value = 4
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == "Preview: cam1, row 4 of 6"
+    np.testing.assert_array_equal(_decode(base64.b64decode(bundle["image/png"])), frames[4])
+    text = previews(lambda s, r: r, [3], is_frame=False)._repr_mimebundle_()
+    assert "image/png" not in text and "image/jpeg" not in text
+    assert text["text/plain"] == "Preview: stream 0, row 0 of 3"
 
 
 def test_empty_stream(previews):
