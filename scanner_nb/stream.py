@@ -283,7 +283,8 @@ class Stream(DaskMethodsMixin):
         """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""
         from .notebook.plot import plot_elements
 
-        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax)
+        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax,
+                             ylabel=self._ref.node.label)
 
     def show_video(self, stream_index: int = 0, start: int = 0, end: int | None = None,
                    fps: float | None = None):
@@ -322,7 +323,8 @@ class Stream(DaskMethodsMixin):
                 props = {"streams": node.n_streams, "type": node.types[0].name}
             elif isinstance(node, OpNode):
                 label = node.label
-                props = {**node.init_args, **node.spec.properties, "device": node.device.value}
+                props = {**node.init_args, **node.config_args, **node.spec.properties,
+                         "device": node.device.value}
             else:
                 label, props = node.label, {"args": getattr(node, "args", "")}
             nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,

@@ -405,6 +405,19 @@ def test_plan_html_draws_ops_streams_and_type():
     assert ">partitions<" not in plan_html(no_parts) and "movie.mp4" in plan_html(no_parts)
 
 
+def test_plan_shows_op_arguments_shortened():
+    import scanner_nb as sp
+    import scanner_nb.imgproc  # noqa: F401
+
+    sc = sp.Client(show_progress=False)
+    frames = sc.io.Input([sp.MemoryStream([np.zeros((8, 8, 3), np.uint8)] * 2, type=sp.FrameType)
+                          for _ in range(6)])
+    small = sc.ops.Resize(frame=frames, width=[16] * 6, height=[12] * 6)
+    page = small._repr_html_()
+    assert "width=</span>[16, 16, 16, … 3 more]" in page
+    assert "height=</span>[12, 12, 12, … 3 more]" in page
+
+
 def test_plan_text():
     t = plan_text(SUMMARY)
     assert t.splitlines()[0] == "Stream: 2 output streams of FrameType, 3 nodes"
@@ -465,6 +478,26 @@ def test_plot_vectors_one_line_per_component():
     plt.close(ax.figure)
 
 
+def test_plot_sparse_streams_are_visible_and_distinguishable():
+    sparse = [float(i) if i % 3 == 0 else None for i in range(300)]  # RepeatNull(Stride(3))
+    dense = [float(i) for i in range(300)]
+    ax = plot_elements([sparse, dense], labels=["cam0", "cam1"], ylabel="motion")
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines[:1]] == ["cam0"]
+    markers = [line for line in lines if line.get_linestyle() == "None"]
+    assert len(markers) == 1 and len(markers[0].get_xdata()) == 100  # each lone point marked
+    assert markers[0].get_color() == lines[0].get_color()
+    cam0, cam1 = lines[0], [line for line in lines if line.get_label() == "cam1"][0]
+    assert cam0.get_linestyle() != cam1.get_linestyle() and cam0.get_alpha() < 1
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("row", "motion")
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["cam0", "cam1"]
+    ax.figure.canvas.draw()
+    axes_box = ax.get_window_extent()
+    assert legend.get_window_extent().x0 >= axes_box.x1  # beside the data, not over it
+    plt.close(ax.figure)
+
+
 def test_plot_on_given_axes():
     fig, ax = plt.subplots()
     assert plot_elements([[1, 2]], ax=ax) is ax
@@ -491,7 +524,8 @@ def test_show_video_html_plays_every_frame():
     assert isinstance(v, VideoHTML) and v._repr_html_() == v.html
     h = v.html
     assert "<video controls autoplay loop muted playsinline" in h
-    assert 'width="64"' in h and 'height="48"' in h
+    # 64x48 is shown 5x larger, pixelated, so the controls do not cover the picture
+    assert 'width="320"' in h and 'height="240"' in h and "image-rendering:pixelated" in h
     data = _mp4_from_html(h)
     assert len(data) == v.nbytes == len(v.data)
     decoded = _decode_mp4(data)
@@ -505,7 +539,7 @@ def test_show_video_html_gray_odd_size():
     v = show_video_html(iter(gray), fps=8)
     decoded = _decode_mp4(_mp4_from_html(v.html))
     assert len(decoded) == 8 and decoded[0].shape[:2] == (34, 46)  # padded to even
-    assert 'width="45"' in v.html and 'height="33"' in v.html
+    assert 'width="360"' in v.html and 'height="264"' in v.html  # 8 x 45, 8 x 33
 
 
 def _noise(n, seed=0):
