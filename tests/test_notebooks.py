@@ -8,11 +8,15 @@ the notebooks make in ``tempfile.mkdtemp()`` never land in the repository or sta
 
 Checks: no ``error`` output in any cell, every code cell executed, and a few outputs per notebook
 that show the tutorial did what its text says (01 renders a preview widget and a ``<video>``).
-The saved notebooks are checked to carry no outputs and the ``python3`` kernelspec.
+Every widget output of scanner_nb carries a still fallback in the saved file (a preview its
+frame as an image and a caption, a progress bar its final state as text), and 07 exported to
+HTML with nbconvert shows the preview's frame. The saved notebooks are checked to carry no
+outputs and the ``python3`` kernelspec.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
@@ -23,6 +27,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+iio = pytest.importorskip("imageio.v3")
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,6 +79,15 @@ EXPECTED = {
         "inverted correctly: True",
         "largest difference between the two runs: 0",
     ],
+    "07_compare_and_cluster.ipynb": [
+        "Preview of Input | Blur: tiny, row 0 of 48",   # the compare preview's saved caption
+        "rows with a value: [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44]",  # RepeatNull(Stride)
+        "100%|##########| 4/4",                          # the finished cluster bar, saved
+        "48 histograms computed on the cluster",
+        "op: picky | stream: 0 | row:",
+        "raised in: picky",
+        "cluster: closed",
+    ],
 }
 
 
@@ -118,7 +132,7 @@ def durations():
         print("\nnotebook run times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seen.items()))
 
 
-def test_there_are_six_tutorials():
+def test_there_are_seven_tutorials():
     assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED)
 
 
@@ -145,8 +159,49 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, durations):
     shown = "\n".join(_text_of(o) for c in code for o in c.outputs)
     missing = [s for s in EXPECTED[path.name] if s not in shown]
     assert not missing, f"{path.name}: outputs lack {missing}"
+    _check_fallbacks(nb)
     if path.name == "01_basics.ipynb":
         _check_basics_widgets(nb)
+    if path.name == "07_compare_and_cluster.ipynb":
+        _check_html_export(nb)
+
+
+def _widget_outputs(nb) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if WIDGET_MIME in o.get("data", {})]
+
+
+def _check_fallbacks(nb):
+    """Where no widget runs (GitHub, nbviewer, nbconvert) each scanner_nb widget shows a still:
+    a preview its shown frame as an image plus a caption, a progress bar its final state."""
+    for output in _widget_outputs(nb):
+        data = output.data
+        text = data.get("text/plain", "")
+        if text.startswith("Preview"):
+            images = [m for m in ("image/jpeg", "image/png") if m in data]
+            assert images, f"a preview saved without its frame: {text!r}"
+            picture = iio.imread(base64.b64decode(data[images[0]]))
+            assert picture.ndim == 3 and picture.shape[0] >= 16 and picture.std() > 0
+        elif "partition" in text:  # a progress bar
+            assert re.search(r"100%\|[#]+\| (\d+)/\1", text), f"bar saved unfinished: {text!r}"
+        else:  # others' widgets (a LocalCluster's) bring HTML; a user's HBox shows its repr
+            assert "text/html" in data or text.startswith("HBox(children=(Preview("), text
+
+
+def _check_html_export(nb):
+    """nbconvert's HTML of the executed notebook shows the compare preview's frame.
+
+    JupyterLab saves no widget state by default, and neither GitHub nor nbviewer runs one, so
+    the state nbclient stored is dropped first, as for a user's saved notebook."""
+    nbconvert = pytest.importorskip("nbconvert")
+    nb = nbformat.from_dict(nb)
+    nb.metadata.pop("widgets", None)
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    found = re.findall(r'<img[^>]+src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', body)
+    assert found, "the preview's frame is not in the exported HTML"
+    picture = iio.imread(base64.b64decode(found[0]))
+    assert picture.shape == (90, 160 + 8 + 160, 3)  # input and blurred frame side by side
+    assert "100%|##########| 4/4" in body  # the finished progress bar
 
 
 def _check_basics_widgets(nb):
