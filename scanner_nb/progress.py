@@ -195,6 +195,8 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
         parts = dclient.gather(futures)
     except BaseException as exc:
         dclient.cancel(flat)
+        if isinstance(exc, KernelError):
+            exc.frames = _with_local_files(exc.op, exc.frames)
         if isinstance(exc, (ScannerError, KeyboardInterrupt)) or not isinstance(exc, Exception):
             raise
         raise _cluster_error(exc, label) from exc
@@ -247,6 +249,23 @@ def _wait(dclient: Any, futures: list, tick: Callable[[int], None]) -> None:
             alone_since = time.monotonic()
         elif time.monotonic() - alone_since > NO_WORKERS_TIMEOUT:
             raise _no_workers(dclient)
+
+
+def _with_local_files(op: str, frames: list) -> list:
+    """Frames with the op's own file names back: cloudpickle ships an op defined in a notebook
+    with its code's file name replaced by ``<dynamic-code>``, so the line could not be shown."""
+    from .kernel import lookup_op
+
+    try:
+        spec = lookup_op(op)
+    except Exception:
+        return frames
+    owner = spec.function if spec.function is not None else spec.kernel_cls
+    functions = [owner, *vars(owner).values()] if isinstance(owner, type) else [owner]
+    files = {f.__code__.co_name: f.__code__.co_filename for f in functions
+             if hasattr(f, "__code__")}
+    return [(files.get(name, filename) if filename == "<dynamic-code>" else filename, line, name)
+            for filename, line, name in frames]
 
 
 def _live_workers(dclient: Any) -> int:

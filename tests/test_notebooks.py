@@ -231,3 +231,43 @@ def test_kernel_is_this_python(tmp_path):
     prefix, module = nb.cells[0].outputs[0].text.split()
     assert Path(prefix).resolve() == Path(sys.prefix).resolve()
     assert Path(module).resolve().is_relative_to(ROOT)
+
+
+def test_kernel_error_shows_short_in_the_notebook(tmp_path):
+    """Uncaught, a KernelError is the kernel's line plus one sentence (locally and from a
+    cluster, where the workers' log line is not printed too); %xmode Verbose gives it all."""
+    new = nbformat.v4.new_code_cell
+    compute = "{}.ops.nb_fragile(x={}.io.Input([sp.MemoryStream(list(range(5)))])).compute()"
+    nb = nbformat.v4.new_notebook(cells=[
+        new("import distributed\nfrom typing import Any\nimport scanner_nb as sp\n"
+            "sc = sp.Client(show_progress=False)\n"
+            "cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, "
+            "dashboard_address=':0')\ncsc = sp.Client(address=cluster, show_progress=False)"),
+        new("@sp.register_python_op()\ndef nb_fragile(config, x: Any) -> Any:\n"
+            "    if x == 3:\n        raise ValueError('bad value')\n    return x"),
+        new(compute.format("sc", "sc")),
+        new(compute.format("csc", "csc")),
+        new("%xmode Verbose"),
+        new(compute.format("sc", "sc")),
+        new("csc.close()\ncluster.close()"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=90, startup_timeout=60,
+                                     allow_errors=True,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=dict(os.environ, TMPDIR=str(tmp_path)))
+
+    def shown(cell):
+        return [ANSI.sub("", "\n".join(o.traceback)) if o.output_type == "error" else
+                o.get("text", "") for o in nb.cells[cell].outputs]
+
+    last = "KernelError: op 'nb_fragile' failed on stream 0, row 3: ValueError: bad value"
+    for cell in (2, 3):  # threads, then the cluster
+        (text,) = shown(cell)
+        lines = text.splitlines()
+        assert len(lines) <= 6, text
+        assert "raise ValueError('bad value')" in text  # the op's source, also from a worker
+        assert "<dynamic-code>" not in text and last in lines
+    verbose = shown(5)[0]
+    assert len(verbose.splitlines()) > 20 and last in verbose
+    assert "The above exception was the direct cause" in verbose
