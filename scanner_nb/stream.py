@@ -283,8 +283,11 @@ class Stream(DaskMethodsMixin):
         """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""
         from .notebook.plot import plot_elements
 
+        node = self._ref.node
+        while node.kind == "sample" and node.inputs:  # name the values after their op
+            node = node.inputs[0].node
         return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax,
-                             ylabel=self._ref.node.label)
+                             ylabel=node.label)
 
     def show_video(self, stream_index: int = 0, start: int = 0, end: int | None = None,
                    fps: float | None = None):

@@ -524,8 +524,8 @@ def test_show_video_html_plays_every_frame():
     assert isinstance(v, VideoHTML) and v._repr_html_() == v.html
     h = v.html
     assert "<video controls autoplay loop muted playsinline" in h
-    # 64x48 is shown 5x larger, pixelated, so the controls do not cover the picture
-    assert 'width="320"' in h and 'height="240"' in h and "image-rendering:pixelated" in h
+    # 64x48 is shown 8x larger, pixelated, so the controls cover little of the picture
+    assert 'width="512"' in h and 'height="384"' in h and "image-rendering:pixelated" in h
     data = _mp4_from_html(h)
     assert len(data) == v.nbytes == len(v.data)
     decoded = _decode_mp4(data)
@@ -539,7 +539,7 @@ def test_show_video_html_gray_odd_size():
     v = show_video_html(iter(gray), fps=8)
     decoded = _decode_mp4(_mp4_from_html(v.html))
     assert len(decoded) == 8 and decoded[0].shape[:2] == (34, 46)  # padded to even
-    assert 'width="360"' in v.html and 'height="264"' in v.html  # 8 x 45, 8 x 33
+    assert 'width="495"' in v.html and 'height="363"' in v.html  # 11 x 45, 11 x 33
 
 
 def _noise(n, seed=0):

@@ -35,7 +35,7 @@ GUARD = 0.9  # aim the estimate at this share of max_bytes
 PROBE = 16  # frames encoded first to measure the clip's bytes per frame
 KEYINT = 250  # x264's default keyframe interval
 HEADER_BYTES = 2048  # ftyp + moov boxes, roughly
-MIN_WIDTH = 320  # narrower clips are shown scaled up by a whole factor
+MIN_WIDTH = 480  # narrower clips are shown a whole factor larger (controls cover less)
 
 
 class VideoHTML:
@@ -106,7 +106,7 @@ def video_html(data: bytes, width: int, height: int, note: str = "") -> str:
     pixelated``), so the player's controls do not cover it.
 
     >>> h = video_html(b"mp4", 64, 48, note="cut <here>")
-    >>> 'type="video/mp4"' in h and 'width="320"' in h and "cut &lt;here&gt;" in h
+    >>> 'type="video/mp4"' in h and 'width="512"' in h and "cut &lt;here&gt;" in h
     True
     """
     b64 = base64.b64encode(data).decode("ascii")
