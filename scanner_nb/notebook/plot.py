@@ -161,7 +161,8 @@ def _plot_line(ax: Any, y: np.ndarray, label: str, k: int) -> None:
     alone = ok & ~before & ~after  # between nulls (e.g. RepeatNull): no line reaches it
     few = ok.sum() <= 60
     marker = _MARKERS[k % len(_MARKERS)]
-    line, = ax.plot(x, y, linestyle=_STYLES[k % len(_STYLES)], alpha=0.75, linewidth=1.5,
+    line, = ax.plot(x, y, linestyle=_STYLES[k % len(_STYLES)], alpha=0.75,
+                    linewidth=max(2.5 - 0.75 * k, 1.0),  # the first widest: overlaps show
                     marker=marker if few else None, markersize=4, label=label)
     if not few and alone.any():
         ax.plot(x[alone], y[alone], linestyle="none", marker=marker, markersize=3,
