@@ -197,9 +197,10 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
         dclient.cancel(flat)
         if isinstance(exc, KernelError):
             exc.frames = _with_local_files(exc.op, exc.frames)
-        if isinstance(exc, (ScannerError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+        error = _cluster_error(exc, label)
+        if error is None:  # a task's own exception (a KernelError, ...) or an interrupt
             raise
-        raise _cluster_error(exc, label) from exc
+        raise error from exc
     finally:
         for f in flat:
             f.release()
@@ -299,19 +300,26 @@ def _address(dclient: Any) -> str:
         return "?"
 
 
-def _cluster_error(exc: BaseException, label: str) -> ScannerError:
-    """A ScannerError for a cluster failure, naming the op of the failed partition if known."""
+_CLUSTER_FAILURES = ("KilledWorker", "CancelledError", "FutureCancelledError",
+                     "CommClosedError", "FutureLostError")
+
+
+def _cluster_error(exc: BaseException, label: str) -> ScannerError | None:
+    """A ScannerError for a failure of the cluster itself (not of a task's code), naming the op
+    of the failed partition where known; None for anything else."""
+    name = type(exc).__name__
+    if name not in _CLUSTER_FAILURES:
+        return None
     key = getattr(exc, "task", None) or getattr(exc, "key", None)
     where = f"op {key_split(key)!r} (partition {key!r})" if key is not None else repr(label)
-    name = type(exc).__name__
     if name == "KilledWorker":
         return ScannerError(
             f"{where}: the workers running it died ({exc}). A kernel that crashes its process "
             "or runs out of memory does this; try a smaller partition_size")
-    if name in ("CancelledError", "FutureCancelledError"):
+    if "Cancelled" in name or name == "FutureLostError":
         return ScannerError(f"{where}: the computation was cancelled on the cluster, e.g. "
                             f"because the scheduler or its workers went away ({exc})")
-    return ScannerError(f"computing {label!r} on the cluster failed: {name}: {exc}")
+    return ScannerError(f"computing {where} on the cluster failed: {name}: {exc}")
 
 
 # -- worker housekeeping --------------------------------------------------------------------
