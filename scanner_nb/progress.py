@@ -28,6 +28,7 @@ so a :class:`KernelError` is reported once, by the exception, not also by each w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sys
@@ -85,13 +86,26 @@ def compute(collections: Sequence, *, dclient: Any = None, scheduler: Callable |
         return _on_cluster(list(collections), dclient, label, show, kwargs)
     if not show:
         return list(dask.compute(*collections, scheduler=scheduler, **kwargs))
-    keys = set(_output_keys(collections))
+    keys = set(_counted_keys(collections))
     with _Bar(len(keys), label) as bar, _CountOutputs(keys, bar.update):
         return list(dask.compute(*collections, scheduler=scheduler, **kwargs))
 
 
-def _output_keys(collections: Sequence) -> list:
-    return [k for c in collections if is_dask_collection(c) for k in flatten(c.__dask_keys__())]
+def _counted_keys(collections: Sequence) -> list:
+    """The keys the bar counts: the output partitions; for a single output key that gathers
+    others (a run's commit gathers its partitions' writes), the keys it gathers."""
+    from dask.core import get_dependencies
+
+    wanted = [c for c in collections if is_dask_collection(c)]
+    keys = [k for c in wanted for k in flatten(c.__dask_keys__())]
+    if len(keys) == 1:
+        try:
+            gathered = get_dependencies(wanted[0].__dask_graph__(), keys[0])
+        except Exception:  # a graph this rule does not understand: count the one key
+            gathered = ()
+        if len(gathered) > 1:
+            return sorted(gathered, key=str)
+    return keys
 
 
 # -- the bar --------------------------------------------------------------------------------
@@ -181,17 +195,15 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     wanted = [c for c in collections if is_dask_collection(c)]
     graph = HighLevelGraph.merge(*[c.__dask_graph__() for c in wanted])
     keys = [c.__dask_keys__() for c in wanted]
+    counted = _counted_keys(wanted)
     try:
-        futures = dclient.get(graph, keys, sync=False, **kwargs)
+        futures, watched = dclient.get(graph, [keys, counted], sync=False, **kwargs)
     except (OSError, RuntimeError) as exc:  # a closed client or a lost scheduler
         raise ScannerError(f"could not submit {label!r} to the cluster: {exc}") from exc
-    flat = list(flatten(futures))
+    flat = list({id(f): f for f in [*flatten(futures), *watched]}.values())
     try:
-        if show:
-            with _Bar(len(flat), label) as bar:
-                _wait(dclient, flat, bar.update)
-        else:
-            _wait(dclient, flat, lambda n: None)
+        with (_Bar(len(watched), label) if show else contextlib.nullcontext()) as bar:
+            _wait(dclient, flat, {id(f) for f in watched}, bar.update if show else None)
         parts = dclient.gather(futures)
     except BaseException as exc:
         dclient.cancel(flat)
@@ -215,8 +227,9 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     return results
 
 
-def _wait(dclient: Any, futures: list, tick: Callable[[int], None]) -> None:
-    """Wait for every future, ticking per finished one; raise the first failure at once.
+def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None] | None) -> None:
+    """Wait for every future, ticking per finished one whose ``id`` is in ``counted``; raise
+    the first failure at once.
 
     Between looks the cluster's workers are counted: with none for ``NO_WORKERS_TIMEOUT``
     seconds the wait ends with a :class:`ScannerError` rather than waiting forever.
@@ -241,7 +254,8 @@ def _wait(dclient: Any, futures: list, tick: Callable[[int], None]) -> None:
             if f.status != "finished":
                 f.result()  # raises the task's exception (a KernelError, a KilledWorker, ...)
         if done:
-            tick(len(done))
+            if tick is not None:
+                tick(sum(id(f) in counted for f in done))
             alone_since = None
             continue
         if _live_workers(dclient):

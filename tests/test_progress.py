@@ -56,7 +56,7 @@ def test_cluster_bar_moves_while_the_compute_runs(cluster, capfd):
     assert result == [[[2 * i for i in range(8)]]]
     err = capfd.readouterr().err
     states = re.findall(r"progress_slow:\s+\d+%\|[^|]*\| (\d)/4", err)
-    assert states[0] == "0" and states[-1] == "4"
+    assert states[0] == "0" and states[-1] == "4" and max(map(int, states)) == 4
     assert {"1", "2", "3"} & set(states), f"the bar never moved mid-compute: {states}"
     sc.close()
 
@@ -142,3 +142,11 @@ def test_interrupt_keeps_workers_of_a_protected_local_cluster(tmp_path):
         outs[mode] = proc.stdout
     assert "after [[1, 2, 3]]" in outs["protected"], outs
     assert "error the Dask cluster" in outs["plain"] and "no live workers" in outs["plain"], outs
+
+
+def test_a_runs_bar_counts_its_partition_writes(client, tmp_path, capfd):
+    sc = client
+    out = sc.io.Output(_numbers(sc, 40), [sp.NamedStream(sc, "counted")])
+    sc.run(out, sp.PerfParams.manual(10, 10), show_progress=True)
+    err = capfd.readouterr().err
+    assert "100%" in err and " 4/4 " in err, err  # 40 rows in partitions of 10
