@@ -224,7 +224,8 @@ def test_kernel_is_this_python(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import sys, scanner_nb\nprint(sys.prefix)\nprint(scanner_nb.__file__)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60,
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
@@ -251,7 +252,8 @@ def test_kernel_error_shows_short_in_the_notebook(tmp_path):
         new(compute.format("sc", "sc")),
         new("csc.close()\ncluster.close()"),
     ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=90, startup_timeout=60,
                                      allow_errors=True,
                                      resources={"metadata": {"path": str(tmp_path)}})
