@@ -273,3 +273,50 @@ def test_kernel_error_shows_short_in_the_notebook(tmp_path):
     verbose = shown(5)[0]
     assert len(verbose.splitlines()) > 20 and last in verbose
     assert "The above exception was the direct cause" in verbose
+
+
+class _RecordingClient(nbclient.NotebookClient):
+    """Keeps every widget state update the kernel sends, with the time it arrived."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.updates: list[tuple[float, dict]] = []
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        data = msg["content"].get("data", {})
+        if data.get("method") == "update":
+            self.updates.append((time.monotonic(), dict(data.get("state", {}))))
+        super().handle_comm_msg(outs, msg, cell_index)
+
+
+def test_progress_bar_moves_in_jupyter_during_a_cluster_compute(tmp_path):
+    """The bar's widget gets each finished partition while the cluster computes (the kernel
+    is blocked in compute(); distributed.progress, which needs its event loop, sent nothing),
+    and the saved output keeps the finished state as text."""
+    new = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        new("import time, distributed\nfrom typing import Any\nimport scanner_nb as sp\n"
+            "cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, "
+            "dashboard_address=':0')\n"
+            "sc = sp.Client(address=cluster, partition_size=2, show_progress=True)\n"
+            "@sp.register_python_op()\ndef nb_slow(config, x: Any) -> Any:\n"
+            "    time.sleep(0.25)\n    return x"),
+        new("print(sc.ops.nb_slow(x=sc.io.Input([sp.MemoryStream(list(range(12)))])).compute())"),
+        new("sc.close()\ncluster.close()"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    client = _RecordingClient(nb, kernel_name="python3", timeout=90, startup_timeout=60,
+                              resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=dict(os.environ, TMPDIR=str(tmp_path)))
+    outputs = nb.cells[1].outputs
+    assert "[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]" in _text_of(outputs[-1])
+    values = [(t, s["value"]) for t, s in client.updates
+              if isinstance(s.get("value"), (int, float)) and s.get("max") is None]
+    moved = sorted({v for _, v in values if 0 < v < 6})
+    assert moved, f"the bar never showed a partial state: {values}"
+    first = min(t for t, v in values if 0 < v < 6)
+    last = max(t for t, v in values if v == 6)
+    assert last - first > 0.2  # updates spread over the compute, not sent at its end
+    (bar,) = [o for o in outputs if WIDGET_MIME in o.get("data", {})]
+    assert re.search(r"100%\|#+\| 6/6", bar.data["text/plain"])
