@@ -347,9 +347,12 @@ def test_saved_preview_carries_its_frame_and_a_caption(previews):
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert bundle["text/plain"] == "Preview: cam1, row 4 of 6"
     np.testing.assert_array_equal(_decode(base64.b64decode(bundle["image/png"])), frames[4])
-    text = previews(lambda s, r: r, [3], is_frame=False)._repr_mimebundle_()
+    text = previews(lambda s, r: {"row": r, "label": "<cat>"}, [3],
+                    is_frame=False)._repr_mimebundle_()
     assert "image/png" not in text and "image/jpeg" not in text
     assert text["text/plain"] == "Preview: stream 0, row 0 of 3"
+    assert "Preview: stream 0, row 0 of 3" in text["text/html"]
+    assert "{'row': 0, 'label': '&lt;cat&gt;'}</pre>" in text["text/html"]  # the element
 
 
 def test_empty_stream(previews):

@@ -539,6 +539,11 @@ class Preview(widgets.VBox):
             image = None
         if image is not None:
             bundle[f"image/{image.fmt}"] = base64.b64encode(image.data).decode("ascii")
+        else:  # elements drawn as text (or errors): their HTML under the caption
+            shown = "".join(p.view.data for p in self.panels
+                            if p.view is not None and isinstance(p.view.data, str))
+            bundle["text/html"] = (f'<div style="font-size:12px;color:#666">'
+                                   f"{html.escape(self._caption())}</div>{shown}")
         return bundle
 
     def _caption(self) -> str:
