@@ -371,8 +371,9 @@ class Preview(widgets.VBox):
         Seconds from the slider change to the widgets being updated, for the shown row.
 
     A saved notebook keeps, beside the widget, the shown frame as an image (every panel side
-    by side) and a line of text naming the stream and row, which GitHub, nbviewer and
-    nbconvert show where no widget runs.
+    by side; for text elements their text as HTML) and a line of text naming the stream and
+    row, which GitHub, nbviewer and nbconvert show where no widget runs. It is the row shown
+    when the cell ran: moving the slider later changes the widget, not the saved still.
 
     Examples
     --------
