@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import operator
-import uuid
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -242,9 +241,8 @@ def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict
     chained = node.spec.unbounded_state
     chain_name = f"{name}-chain"
     chain_tasks: dict = {}
-    run = uuid.uuid4().hex  # two runs of one graph at once in a process keep apart instances
     for s, sp in plan.streams.items():
-        chain = f"{chain_name}-{s}-{run}"
+        chain = f"{chain_name}-{s}"
         for p, rows in enumerate(sp.parts):
             inputs = [pieces(ref, sp.pieces[p][i]) for i, ref in enumerate(node.inputs)]
             window = sp.windows[p]

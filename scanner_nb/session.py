@@ -124,11 +124,6 @@ class Session:
                 # first row on the workers there are now
                 if dclient is None or attempt == _CHAIN_ATTEMPTS - 1:
                     raise
-                from .stream import Stream
-
-                for collection in collections:
-                    if isinstance(collection, Stream):
-                        collection._forget_graph()
 
     def compute_now(self, graph, keys: list) -> list:
         """Run a small graph synchronously here (one preview row): no pool, no round trips;

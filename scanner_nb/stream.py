@@ -97,10 +97,6 @@ class Stream(DaskMethodsMixin):
                     _BUILT[k[0]] = self
         return self._built
 
-    def _forget_graph(self) -> None:
-        """Build the graph anew at the next use (a re-run after a lost worker)."""
-        self._built = None
-
     def _requested_rows(self) -> dict:
         requested = self._view.requested
         if requested is None:

@@ -55,7 +55,7 @@ _IDLE: dict[str, list[Kernel]] = {}
 _MADE: dict[str, list[Kernel]] = {}
 _FETCHED: set[str] = set()
 _FETCH_LOCKS: dict[str, threading.Lock] = {}
-_CHAINS: dict[str, tuple[Kernel, int]] = {}  # chain id -> (instance, next partition)
+_CHAINS: dict[str, tuple[Kernel, int, str]] = {}  # chain id -> (instance, next part, run)
 _TUNED: list[bool] = []
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -159,9 +159,11 @@ def enter_stream(ctx: OpContext, kernel: Kernel, stream: int, row: int) -> None:
     kernel._scanner_nb_stream = where
 
 
-def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int) -> Kernel:
+def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int,
+                   run: str) -> Kernel:
     """The instance running ``chain`` at its partition ``part``: a fresh start (``new_stream``,
-    ``reset``) at partition 0, else the one that ran partition ``part - 1`` in this process."""
+    ``reset``) at partition 0, else the one that ran partition ``part - 1`` of the same run
+    (``run``: made by partition 0, passed along the chain) in this process."""
     if part == 0:
         with _LOCK:
             stale = _CHAINS.pop(chain, None)
@@ -180,8 +182,11 @@ def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int)
             raise KernelError(ctx.spec.name, stream, row, exc) from exc
         return kernel
     with _LOCK:
-        kernel, expected = _CHAINS.pop(chain, (None, -1))
-    if kernel is None or expected != part:
+        kernel, expected, started = _CHAINS.pop(chain, (None, -1, ""))
+    if kernel is not None and (expected != part or started != run):
+        release(ctx, kernel)  # another run's instance: not this chain's state
+        kernel = None
+    if kernel is None:
         raise ChainMoved(
             f"op {ctx.spec.name!r} (unbounded state), stream {stream}: partition {part} of its "
             f"chain ran in a process that does not hold the chain's instance (expected partition "
@@ -189,13 +194,14 @@ def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int)
     return kernel
 
 
-def end_chain(ctx: OpContext, chain: str, part: int, kernel: Kernel, last: bool) -> None:
+def end_chain(ctx: OpContext, chain: str, part: int, kernel: Kernel, last: bool,
+              run: str) -> None:
     """After a chain's partition ran: keep the instance for the next one, or pool it."""
     if last:
         release(ctx, kernel)
     else:
         with _LOCK:
-            _CHAINS[chain] = (kernel, part + 1)
+            _CHAINS[chain] = (kernel, part + 1, run)
 
 
 def close_instances() -> int:

@@ -8,6 +8,7 @@ an input does not hold the rows the plan said it would.
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from dataclasses import replace
 from typing import Sequence
@@ -99,18 +100,20 @@ def run_op(ctx: OpContext, stream: int, rows: np.ndarray, window: Window,
 def run_chain(ctx: OpContext, chain: str, part: int, last: bool, stream: int, rows: np.ndarray,
               window: Window, inputs: Sequence[Sequence], previous=None):
     """Partition ``part`` of an unbounded-state chain: the instance stays in this process
-    (see :mod:`~scanner_nb.runtime.instances`); ``previous`` (the chain's previous partition)
-    only orders the tasks. Returns ``(part, result)``: the first item is the chain's link."""
+    (see :mod:`~scanner_nb.runtime.instances`); ``previous`` is the chain's previous link.
+    Returns ``(run, result)``: ``run`` names this run of the chain (made at partition 0), so a
+    partition never continues another run's instance."""
     joined = _joined(ctx, stream, window, inputs)
     first_row = int(rows[0]) if len(rows) else 0
-    kernel = chain_instance(ctx, chain, part, stream, first_row)
+    run = uuid.uuid4().hex if part == 0 else previous[0]
+    kernel = chain_instance(ctx, chain, part, stream, first_row, run)
     try:
         outputs = _execute(ctx, kernel, stream, rows, window, joined)
     except BaseException:
         release(ctx, kernel)
         raise
-    end_chain(ctx, chain, part, kernel, last)
-    return part, _results(ctx, stream, rows, outputs)
+    end_chain(ctx, chain, part, kernel, last, run)
+    return run, _results(ctx, stream, rows, outputs)
 
 
 def _results(ctx: OpContext, stream: int, rows: np.ndarray, outputs):
