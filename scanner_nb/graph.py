@@ -75,7 +75,7 @@ def _layer_name(node: Node, plan: NodePlan) -> str:
 
 def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int | None,
                 session: str, instance_key: Callable, work_packet: int | None = None,
-                workers: list | None = None, in_place: bool = False) -> Built:
+                workers: Callable | None = None, in_place: bool = False) -> Built:
     """Build the Dask graph that computes ``requested`` rows of ``root``.
 
     Parameters
@@ -92,8 +92,9 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         ``OpNode -> str``: kernel instances are shared under this key.
     work_packet : int, optional
         Most rows handed to one ``execute`` call of a batch op.
-    workers : list of str, optional
-        A cluster's workers: each unbounded-state chain is pinned to one of them.
+    workers : callable, optional
+        ``() -> list of str or None``: a cluster's workers (asked only when the plan has an
+        unbounded-state op); each chain is pinned to one of them.
     in_place : bool
         See :class:`View`.
     """
@@ -127,7 +128,7 @@ def _hlg(layers: dict, deps: dict) -> HighLevelGraph:
 
 def build_union(requests: list[tuple[Ref, dict, dict, dict]], partition_size: int | None,
                 session: str, instance_key: Callable, work_packet: int | None = None,
-                workers: list | None = None) -> HighLevelGraph:
+                workers: Callable | None = None) -> HighLevelGraph:
     """One graph computing several requests from ONE row analysis of what they all need, so a
     node two collections ask for different rows of runs once. Each request is ``(root,
     requested, keys, rows)``: the keys (and their rows) the collection declared; each becomes a
@@ -154,7 +155,7 @@ def build_union(requests: list[tuple[Ref, dict, dict, dict]], partition_size: in
 
 
 def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, session: str,
-            instance_key: Callable, work_packet: int | None, workers: list | None,
+            instance_key: Callable, work_packet: int | None, workers: Callable | None,
             in_place: bool):
     """The layers computing ``requests``: ``(layers, deps, plans, key function)``."""
     plans = analyze(requests, partition_size)
@@ -229,7 +230,7 @@ def _source_tasks(node: SourceNode, name: str, plan: NodePlan, tasks: dict, laye
 
 def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict, deps: dict,
               dependencies: set, pieces: Callable, session: str, instance_key: str,
-              work_packet: int | None, workers: list | None, inputs_shared: bool) -> None:
+              work_packet: int | None, workers: Callable | None, inputs_shared: bool) -> None:
     """An op's tasks; its context (spec, init and per-stream config args) is one key."""
     ctx = runtime.OpContext(node.spec, node.init_args, node.config_args, node.device,
                             instance_key, session, work_packet, node.config_token, inputs_shared)
@@ -256,6 +257,7 @@ def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict
             tasks[(name, s, p)] = (operator.getitem, (chain_name, s, p), 1)
     if chained:
         annotations = None
+        workers = workers() if workers is not None else None
         if workers:  # keep each stream's chain on one worker (others if that one is lost)
             first = zlib.crc32(chain_name.encode())
             pins = _Pins({s: [workers[(first + i) % len(workers)]]

@@ -91,7 +91,7 @@ class Stream(DaskMethodsMixin):
             session = self._client.session
             self._built = build_graph(self._ref, requested, size, session.token,
                                       self._client.instance_key, view.work_packet,
-                                      session.workers(), view.in_place)
+                                      session.workers, view.in_place)
             for keys in self._built.keys.values():
                 for k in keys[:1]:
                     _BUILT[k[0]] = self
@@ -396,7 +396,7 @@ def _optimize_together(dsk, keys):
     session = first._client.session
     requests = [(s._ref, s._requested_rows(), s._build().keys, s._build().rows) for s in streams_]
     union = build_union(requests, size, session.token, first._client.instance_key,
-                        first._view.work_packet, session.workers())
+                        first._view.work_packet, session.workers)
     ours = {name for s in streams_ for name in s._build().graph.layers}
     layers = {n: layer for n, layer in dsk.layers.items() if n not in ours}  # finalize tasks
     deps = {n: (set(dsk.dependencies.get(n, ())) - ours) | (
