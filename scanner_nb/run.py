@@ -223,6 +223,8 @@ def _commit(client: Client, writers: list, infos: list, cache_mode: CacheMode) -
     replaced only with ``Overwrite``: ``Ignore`` keeps it (this run's version of it is
     dropped), ``Error`` raises ``StreamExistsError`` and commits nothing."""
     pending = list(zip(writers, infos))
+    for _, target, *_ in writers:
+        target.forget()  # the run has read it; the handle re-reads the stream from now on
     try:
         appeared = [t.name for (_, t, *_), _ in pending if t.exists()]
         if appeared and cache_mode is CacheMode.Error:
@@ -235,9 +237,8 @@ def _commit(client: Client, writers: list, infos: list, cache_mode: CacheMode) -
         client.db.commit([w for (w, *_), _ in pending], [i for _, i in pending],
                          replace=cache_mode is CacheMode.Overwrite)
     finally:
-        for writer, target, *_ in writers:
+        for writer, *_ in writers:
             writer.abort()  # does nothing to a committed writer
-            target.forget()  # the handle re-reads the stream it names from now on
 
 
 def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,

@@ -131,6 +131,19 @@ def stage(fs, stream_dir: str, version: str) -> None:
     os.rename(tmp, version_dir)
 
 
+_UNREADABLE = object()
+
+
+def _current_version(fs, root: str, name: str, key: bytes):
+    """The version readers of ``name`` see, ``None`` if none, ``_UNREADABLE`` if unknown."""
+    try:
+        return read_manifest(fs, root, name, key)["version"]
+    except StreamNotFoundError:
+        return None
+    except StorageError:
+        return _UNREADABLE if read_raw(fs, root, name) is not None else None
+
+
 def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
           include_open: bool = False) -> list[str]:
     """Remove the leftover versions of ``name`` (see the module docstring); return them."""
@@ -139,9 +152,11 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
         entries = fs.ls(stream_dir, detail=False)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    removed = []
+    removed, current = [], _current_version(fs, root, name, key)
     for path in entries:
         base = fs_.basename(path)
+        if base == current:
+            continue
         full = fs_.join(stream_dir, base)
         if base.startswith(TMP_PREFIX) and fs_.is_local(fs):  # stage() died midway
             try:
@@ -156,14 +171,9 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
             continue
         # The lock was checked first: a committing writer removes its lock only after its run
         # record is written, so the manifest read now tells whether ``base`` is current.
-        try:
-            if read_manifest(fs, root, name, key)["version"] == base:
-                continue
-        except StreamNotFoundError:
-            pass
-        except StorageError:
-            if read_raw(fs, root, name) is not None:
-                continue  # a manifest we cannot read: remove nothing
+        current = _current_version(fs, root, name, key)
+        if current == base or current is _UNREADABLE:
+            continue
         fs_.rmtree(fs, full)
         removed.append(base)
     return removed
@@ -460,7 +470,8 @@ def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
                 previous = read_manifest(fs, root, writer.name, key, old_raw)
             except (StorageError, StreamNotFoundError):
                 previous = None
-            if previous is not None and not replace:
+            if not replace and (previous is not None or _pending_elsewhere(fs, root, writer.name,
+                                                                          old_raw, stale_after)):
                 raise StreamExistsError(
                     f"stream {writer.name!r} was stored by another run while this one was "
                     f"computing; it is kept (pass cache_mode=sp.CacheMode.Overwrite to "
@@ -473,7 +484,15 @@ def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
             data = json.dumps(checked, indent=1).encode()
             written.append((path, old_raw))
             try:
-                fs_.atomic_write(fs, path, data, writer.version_dir)
+                if old_raw is None and not replace:  # of two runs creating it, one wins
+                    if not fs_.atomic_create(fs, path, data, writer.version_dir):
+                        written.pop()
+                        raise StreamExistsError(
+                            f"stream {writer.name!r} was stored by another run while this one "
+                            f"was computing; it is kept (pass cache_mode=sp.CacheMode.Overwrite "
+                            f"to replace it)")
+                else:
+                    fs_.atomic_write(fs, path, data, writer.version_dir)
             except OSError as exc:
                 raise fs_.write_error(f"the manifest of stream {writer.name!r}", exc) from exc
         record = json.dumps({"run": run, "outputs": [w.name for w in writers],
@@ -493,6 +512,17 @@ def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
         writer.finish("committed")
         fs_.rm_file(fs, fs_.join(writer.version_dir, LOCK))
         sweep(fs, root, writer.name, key, stale_after)
+
+
+def _pending_elsewhere(fs, root: str, name: str, raw: bytes | None, stale_after: float) -> bool:
+    """Whether ``raw`` (a manifest whose run has no record) is of a run that may still commit."""
+    try:
+        version = json.loads(raw)["version"] if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        return False
+    return not _is_leftover(fs, fs_.join(root, name, version), stale_after)
 
 
 def _restore(fs, written: list, tmp_dir: str) -> None:
