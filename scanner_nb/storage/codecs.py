@@ -134,12 +134,24 @@ def encode_video(stack: np.ndarray, options: dict, fps: float = 30.0) -> bytes:
         if options["codec"] == "libx265":
             opts["x265-params"] = "log-level=error"
         stream.options = opts
-        fmt = "gray" if gray else "rgb24"
         for frame in frames:
-            picture = av.VideoFrame.from_ndarray(frame[..., 0] if gray else frame, format=fmt)
-            container.mux(stream.encode(picture))
+            container.mux(stream.encode(_picture(frame, gray, stream.pix_fmt)))
         container.mux(stream.encode())
     return buffer.getvalue()
+
+
+def _picture(frame: np.ndarray, gray: bool, pix_fmt: str):
+    """An encoder input frame; gray values go into the luma plane as they are (no range
+    conversion), so they decode back to themselves."""
+    import av
+
+    if not gray:
+        return av.VideoFrame.from_ndarray(frame, format="rgb24")
+    luma = frame[..., 0]
+    if pix_fmt == "gray":
+        return av.VideoFrame.from_ndarray(luma, format="gray")
+    chroma = np.full((luma.shape[0] // 2, luma.shape[1]), 128, np.uint8)
+    return av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
 
 
 def decode_video(data: bytes, shape: tuple, rows: int) -> np.ndarray:
@@ -155,7 +167,8 @@ def decode_video(data: bytes, shape: tuple, rows: int) -> np.ndarray:
             for frame in container.decode(video=0):
                 if i == rows:
                     raise ValueError(f"it holds more than {rows} frames")
-                picture = frame.to_ndarray(format="gray" if gray else "rgb24")
+                picture = (frame.to_ndarray()[:frame.height] if gray  # the luma plane
+                           else frame.to_ndarray(format="rgb24"))
                 if picture.shape[0] < height or picture.shape[1] < width:
                     raise ValueError(f"its frames are {picture.shape[1]}x{picture.shape[0]}, "
                                      f"not {width}x{height}")
