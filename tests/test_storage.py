@@ -11,6 +11,7 @@ import gc
 import json
 import multiprocessing
 import os
+import pathlib
 import pickle
 import signal
 import subprocess
@@ -477,3 +478,260 @@ def test_load_rows_outside_raise_at_call(db, chunk_reads):
         with pytest.raises(RowIndexError, match="outside stream 'nums' of length 10"):
             db.load("nums", rows=rows)
     assert chunk_reads == []
+
+
+# ------------------------------------------------------------------------------- queries
+
+
+def test_exists_names_delete(db):
+    assert db.names() == [] and not db.exists("a")
+    store(db, "b", [1], "Any")
+    store(db, "a", [2], "Any")
+    store(db, "staged", [3], "Any", commit=False)
+    os.makedirs(os.path.join(db.root, ".ipynb_checkpoints"))
+    with open(os.path.join(db.root, "stray-file"), "w") as f:
+        f.write("x")
+    assert db.names() == ["a", "b"]
+    assert db.exists("a") and not db.exists("staged") and not db.exists("nothing")
+    db.delete("a")
+    assert not db.exists("a") and db.names() == ["b"]
+    assert not os.path.exists(os.path.join(db.root, "a"))
+    db.delete("a")  # twice is fine
+    db.delete("never-stored")
+    with pytest.raises(StreamNotFoundError) as info:
+        db.manifest("a")
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ScannerError)
+    assert "'a'" in str(info.value)
+
+
+def test_delete_keeps_another_writers_staging(db):
+    store(db, "s", [1, 2], "Any")
+    writer, infos = store(db, "s", [3, 4], "Any", commit=False)
+    db.delete("s")
+    assert not db.exists("s") and version_dirs(db, "s") == [writer.version]
+    writer.commit(infos)
+    assert list(db.load("s")) == [3, 4]
+
+
+def test_nothing_is_visible_before_the_commit(db):
+    writer, infos = store(db, "s", list(range(10)), "Any", chunk_rows=4, commit=False)
+    assert all(info["rows"] for info in infos) and len(version_dirs(db, "s")) == 1
+    assert not db.exists("s") and db.names() == []
+    with pytest.raises(StreamNotFoundError):
+        db.load("s")
+    writer.abort()
+    assert version_dirs(db, "s") == []
+    writer.abort()  # twice is fine
+    with pytest.raises(StorageError, match="aborted"):
+        writer.commit(infos)
+
+
+def test_commit_validates_chunk_infos(db):
+    writer, infos = store(db, "s", list(range(10)), "Any", chunk_rows=4, commit=False)
+    with pytest.raises(StorageError, match=r"chunks \[1\] are missing"):
+        writer.commit([infos[0], infos[2]])
+    with pytest.raises(StorageError, match="twice"):
+        writer.commit(infos + [infos[0]])
+    with pytest.raises(StorageError, match="10 expected"):
+        writer.commit(infos[:2] + [dict(infos[2], rows=3)])
+    assert not db.exists("s")
+    with pytest.raises(ScannerValueError, match="must hold 4 rows"):
+        writer.write_chunk(0, Batch(0, np.arange(3), [0, 1, 2]))
+    with pytest.raises(ScannerValueError, match="chunk 3 is outside"):
+        writer.write_chunk(3, Batch(0, np.arange(2), [0, 1]))
+    os.remove(os.path.join(db.root, "s", writer.version, "1.elements"))
+    with pytest.raises(StorageError, match="missing"):
+        writer.commit(infos)
+    assert not db.exists("s")
+    writer.write_chunk(1, chunk_batch(list(range(10)), 1, 4))
+    writer.commit(infos)
+    assert list(db.load("s")) == list(range(10))
+    with pytest.raises(StorageError, match="already committed"):
+        writer.commit(infos)
+    writer.abort()  # after commit: nothing happens
+    assert list(db.load("s")) == list(range(10))
+
+
+def test_begin_checks_arguments(db):
+    with pytest.raises(ScannerValueError):
+        db.begin("s", "Any", -1, 4)
+    with pytest.raises(ScannerValueError):
+        db.begin("s", "Any", 4, 0)
+    with pytest.raises(ScannerTypeError, match="NoSuchType"):
+        db.begin("s", "NoSuchType", 4, 2)
+    assert version_dirs(db, "s") == []
+
+
+def test_writer_is_small_and_picklable(db):
+    writer = db.begin("s", "Any", 4, 2)
+    data = pickle.dumps(writer)
+    assert len(data) < 1000
+    copy = pickle.loads(data)
+    infos = [copy.write_chunk(k, chunk_batch([1, 2, 3, 4], k, 2)) for k in range(2)]
+    writer.commit(infos)
+    assert list(db.load("s")) == [1, 2, 3, 4]
+    assert pickle.loads(pickle.dumps(db)).names() == ["s"]
+
+
+def test_a_version_replaced_or_damaged_meanwhile_explains_itself(db):
+    store(db, "s", list(range(8)), "Any", chunk_rows=4)
+    manifest = db.manifest("s")
+    os.remove(os.path.join(db.root, "s", manifest["version"], "1.elements"))
+    with pytest.raises(StorageError, match=r"chunk 1 \(rows 4 to 7\) of stream 's' is missing"):
+        list(db.load("s"))
+    store(db, "s", [9], "Any")  # replaced: an old manifest now names a removed version
+    with pytest.raises(StorageError, match="replaced while it was being read"):
+        db.read_chunk("s", 0, manifest)
+
+
+def test_a_load_never_continues_into_a_newer_version(db):
+    store(db, "s", ["old"] * 6, "Any", chunk_rows=2)
+    iterator = db.load("s")
+    assert [next(iterator), next(iterator)] == ["old", "old"]
+    store(db, "s", ["new"] * 6, "Any", chunk_rows=2)
+    assert list(iterator) == ["old"] * 4  # its version stays while this process reads it
+    assert list(db.load("s")) == ["new"] * 6
+    del iterator
+    gc.collect()
+    db.gc()
+    assert version_dirs(db, "s") == [db.manifest("s")["version"]]
+
+
+# ------------------------------------------------------------------------------- checksums
+
+
+def test_a_flipped_byte_in_a_chunk_is_found(db, frames):
+    store(db, "clip", frames[:20], "FrameType", chunk_rows=8, storage=LOSSLESS)
+    path = os.path.join(version_path(db, "clip"), "frames", "c", "1", "0", "0", "0")
+    data = bytearray(pathlib.Path(path).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    pathlib.Path(path).write_bytes(bytes(data))
+    with pytest.raises(StorageError, match=r"chunk 1 \(rows 8 to 15\) of stream 'clip' is "
+                                           r"corrupt.*checksum"):
+        list(db.load("clip"))
+    assert np.array_equal(list(db.load("clip", rows=[3]))[0], frames[3])  # chunk 0 is fine
+
+
+def test_swapped_chunk_files_are_found(db):
+    store(db, "nums", list(range(8)), "Any", chunk_rows=4)
+    folder = version_path(db, "nums")
+    a, b = (os.path.join(folder, f"{k}.elements") for k in (0, 1))
+    os.rename(a, a + ".x")
+    os.rename(b, a)
+    os.rename(a + ".x", b)
+    with pytest.raises(StorageError, match=r"chunk 0 \(rows 0 to 3\) of stream 'nums'"):
+        list(db.load("nums"))
+
+
+def _rewrite_manifest(db, name, change):
+    path = pathlib.Path(db.root, name, "manifest.json")
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda m: m["chunks"].pop(), "lists 2 chunks, 3 expected"),
+    (lambda m: m.update(num_chunks=0), "num_chunks"),
+    (lambda m: m.update(chunk_rows=0), "chunk_rows"),
+    (lambda m: m.update(length="10"), "length"),
+    (lambda m: m["chunks"][0].update(shape=[10**6, 10**6, 3]), "larger than"),
+    (lambda m: m["chunks"][0].update(shape=[-1, 4, 3]), "shape"),
+    (lambda m: m["chunks"][0].update(dtype="O"), "dtype"),
+    (lambda m: m["chunks"][0].update(rows=5), "rows"),
+    (lambda m: m["chunks"][0].update(sha256="00"), "SHA-256"),
+    (lambda m: m.update(version="../../escape"), "version"),
+    (lambda m: m.update(run="../x"), "run"),
+    (lambda m: m.update(type="os.system('x')"), "type"),
+    (lambda m: m.update(name="other"), "names stream 'other'"),
+    (lambda m: m.clear(), "not written by this version"),
+])
+def test_malformed_manifests_are_storage_errors(db, frames, change, why):
+    store(db, "clip", frames[:10], "FrameType", chunk_rows=4, storage=LOSSLESS)
+    _rewrite_manifest(db, "clip", change)
+    for call in (lambda: db.manifest("clip"), lambda: db.load("clip"),
+                 lambda: db.read_chunk("clip", 0), lambda: len(list(db.load("clip")))):
+        with pytest.raises(StorageError, match=why):
+            call()
+    pathlib.Path(db.root, "clip", "manifest.json").write_text("{not json")
+    with pytest.raises(StorageError, match="corrupt"):
+        db.manifest("clip")
+
+
+def test_a_crafted_version_never_reaches_outside_the_db(tmp_path):
+    sentinel = tmp_path / "thesis"
+    sentinel.mkdir()
+    (sentinel / "chapter1.tex").write_text("precious")
+    db = Database(str(tmp_path / "shared" / "db"))
+    store(db, "x", [1, 2, 3], "Any")
+    _rewrite_manifest(db, "x", lambda m: m.update(version="../../../thesis"))
+    with pytest.raises(StorageError, match="version"):
+        db.load("x")
+    db.delete("x")  # removes the stream's own manifest only
+    store(db, "x", [4], "Any")
+    _rewrite_manifest(db, "x", lambda m: m.update(version="../../../thesis"))
+    store(db, "x", [5], "Any")  # an Overwrite of the crafted stream
+    db.gc(include_open=True)
+    assert (sentinel / "chapter1.tex").read_text() == "precious"
+    assert list(db.load("x")) == [5]
+
+
+# ------------------------------------------------------------------------------- pickle
+
+
+class Payload:
+    """An object whose unpickling would touch a marker file (as a hostile pickle would)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+def _touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return "payload"
+
+
+def test_pickles_someone_else_stored_do_not_run(tmp_path):
+    marker = tmp_path / "marker"
+    url = str(tmp_path / "shared")
+    author = Database(url, key_file=str(tmp_path / "author.key"))
+    store(author, "objs", [1, Payload(str(marker)), "x"], "Any", chunk_rows=2)
+    assert author.manifest("objs")["chunks"][0]["pickled"]
+    reader = Database(url, key_file=str(tmp_path / "reader.key"))
+    with pytest.raises(StorageError, match=r"pickled.*trust_pickle=True") as info:
+        list(reader.load("objs"))
+    assert "'objs'" in str(info.value) and not marker.exists()
+    assert list(reader.load("objs", rows=[2])) == ["x"]  # a chunk without pickles loads
+    # a forged signature or flag in the manifest does not help
+    _rewrite_manifest(reader, "objs", lambda m: m.update(signed=True, signature="0" * 64))
+    with pytest.raises(StorageError, match="trust_pickle"):
+        list(reader.load("objs"))
+    assert not marker.exists()
+    trusting = Database(url, key_file=str(tmp_path / "reader.key"), trust_pickle=True)
+    assert list(trusting.load("objs"))[1] == "payload" and marker.exists()
+
+
+def test_own_pickles_load_and_client_opt_in(tmp_path):
+    class Thing:
+        def __eq__(self, other):
+            return type(other).__name__ == "Thing"
+
+    with sp.Client(db_path=str(tmp_path / "db"), show_progress=False) as sc:
+        (stored,) = sc.run(sc.io.Output(sc.io.Input([sp.MemoryStream([Thing(), 1])]),
+                                        [sp.NamedStream(sc, "things")]), show_progress=False)
+        assert list(stored.load()) == [Thing(), 1]
+    env = dict(os.environ, SCANNER_NB_KEY_FILE=str(tmp_path / "other.key"))
+    script = ("import scanner_nb as sp, sys\n"
+              "for trust in (False, True):\n"
+              "    sc = sp.Client(db_path=sys.argv[1], trust_pickle=trust)\n"
+              "    try:\n"
+              "        print(len(list(sp.NamedStream(sc, 'things').load())))\n"
+              "    except sp.StorageError as e:\n"
+              "        print(type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db")], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["StorageError", "2"], out.stderr

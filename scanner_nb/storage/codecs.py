@@ -17,7 +17,8 @@ Three encodings, chosen per chunk by :func:`choose_encoding`:
     int64 length per row, then the payloads. Kinds: null; *plain* data (None, bool, int, float,
     complex, str, bytes, lists/tuples/dicts of these, numpy arrays and scalars of fixed-size
     dtypes) in this module's own JSON + raw-buffer framing, which never runs code on load;
-    a registered type's ``serialize``; and *pickle*, only for other objects of type ``Any``,
+    a registered type's ``serialize``; and *pickle* (cloudpickle, so classes defined in a
+    notebook travel by value), only for other objects of type ``Any``,
     loaded only where the caller allows it (see :mod:`scanner_nb.storage.db`).
 
 Every chunk's SHA-256 goes into the manifest (:func:`checksum`) and is checked before decoding.
@@ -34,6 +35,7 @@ import struct
 import warnings
 from typing import Any, Callable
 
+import cloudpickle
 import numpy as np
 
 from ..errors import StorageError
@@ -376,7 +378,7 @@ def encode_elements(elements: list, type_name: str,
         else:
             data, kinds[i] = encode_plain(element), _PLAIN
             if data is None and type_name == "Any":
-                data, kinds[i] = pickle.dumps(element, protocol=5), _PICKLE
+                data, kinds[i] = cloudpickle.dumps(element, protocol=5), _PICKLE
             elif data is None:
                 raise StorageError(f"a {type_name} element of type {type(element).__name__} "
                                    f"cannot be stored")
