@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pathlib
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -735,3 +736,336 @@ def test_own_pickles_load_and_client_opt_in(tmp_path):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["StorageError", "2"], out.stderr
+
+
+# ------------------------------------------------------------------------------- leftovers
+
+
+def _fail_in_child(url, name):
+    """A run that writes chunks and dies without commit or abort."""
+    db = Database(url)
+    store(db, name, list(range(6)), "Any", chunk_rows=2, commit=False)
+    os._exit(0)
+
+
+def _spawn(target, *args):
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    return process
+
+
+def test_begin_removes_leftovers_of_a_dead_process(db):
+    store(db, "s", ["old"], "Any")
+    _spawn(_fail_in_child, db.url, "s")
+    committed = db.manifest("s")["version"]
+    leftovers = [v for v in version_dirs(db, "s") if v != committed]
+    assert len(leftovers) == 1 and list(db.load("s")) == ["old"]
+    writer = db.begin("s", "Any", 1, 1)
+    assert version_dirs(db, "s") == sorted([committed, writer.version])
+    writer.abort()
+
+
+def test_begin_removes_a_dropped_writers_staging_but_not_a_live_one(db):
+    live, _ = store(db, "s", [1, 2], "Any", commit=False)
+    dropped, _ = store(db, "s", [3, 4], "Any", commit=False)
+    dropped_version = dropped.version
+    del dropped
+    gc.collect()
+    writer = db.begin("s", "Any", 1, 1)
+    assert version_dirs(db, "s") == sorted([live.version, writer.version])
+    assert dropped_version not in version_dirs(db, "s")
+    live.abort()
+    writer.abort()
+    assert version_dirs(db, "s") == []
+
+
+def test_leftovers_of_other_hosts_go_when_their_heartbeat_is_stale(db):
+    def fake(version, heartbeat_age):
+        path = os.path.join(db.root, "s", version)
+        os.makedirs(path)
+        with open(os.path.join(path, commit_.LOCK), "w") as f:
+            json.dump({"host": "elsewhere", "pid": 1, "created": 0,
+                       "heartbeat": commit_.time.time() - heartbeat_age}, f)
+
+    fake("v-20000101T000000-aaaaaaaaaaaa", commit_.STALE_AFTER + 60)
+    fake("v-20000101T000000-bbbbbbbbbbbb", 5)
+    os.makedirs(os.path.join(db.root, "s", "v-20000101T000000-cccccccccccc"))  # no lock
+    os.makedirs(os.path.join(db.root, "s", "not-a-version"))  # never ours to remove
+    writer = db.begin("s", "Any", 1, 1)
+    assert version_dirs(db, "s") == sorted(["v-20000101T000000-bbbbbbbbbbbb", writer.version])
+    assert os.path.isdir(os.path.join(db.root, "s", "not-a-version"))
+    writer.abort()
+
+
+def test_write_after_abort_fails_clearly(tmp_path):
+    db = Database(str(tmp_path / "db"))
+    writer = db.begin("s", "Any", 4, 2)
+    copy = pickle.loads(pickle.dumps(writer))
+    commit_._HEARTBEATS.pop(writer.version_dir, None)  # as in a fresh worker process
+    writer.abort()
+    with pytest.raises(StorageError, match="removed"):
+        copy.write_chunk(0, chunk_batch([1, 2, 3, 4], 0, 2))
+    assert version_dirs(db, "s") == []
+
+
+# ------------------------------------------------------------------------------- overwrite, gc
+
+
+def test_overwrite_replaces_only_at_commit(db):
+    store(db, "s", ["old"] * 5, "Any", chunk_rows=2)
+    old_version = db.manifest("s")["version"]
+    writer, infos = store(db, "s", ["new"] * 7, "Any", chunk_rows=3, commit=False)
+    assert list(db.load("s")) == ["old"] * 5 and db.manifest("s")["version"] == old_version
+    writer.commit(infos)
+    assert list(db.load("s")) == ["new"] * 7 and db.manifest("s")["length"] == 7
+    assert version_dirs(db, "s") == [writer.version]  # nothing held it: old data removed
+    failed, _ = store(db, "s", ["newer"] * 2, "Any", commit=False)
+    failed.abort()
+    assert list(db.load("s")) == ["new"] * 7 and version_dirs(db, "s") == [writer.version]
+
+
+def test_an_open_zarr_handle_keeps_reading_its_version_after_overwrite(db, frames):
+    zarr = pytest.importorskip("zarr")
+    da = pytest.importorskip("dask.array")
+    store(db, "clip", frames[:20], "FrameType", chunk_rows=8, storage=LOSSLESS)
+    path = db.zarr_path("clip")
+    z = zarr.open(path, mode="r")["frames"]
+    lazy = da.from_zarr(path, component="frames")
+    store(db, "clip", 255 - frames[:20], "FrameType", chunk_rows=8, storage=LOSSLESS)
+    assert np.array_equal(np.stack(list(db.load("clip"))), 255 - frames[:20])
+    assert np.array_equal(z[:], frames[:20]) and np.array_equal(lazy.compute(), frames[:20])
+    assert db.gc() == [] and np.array_equal(z[12:], frames[12:20])  # open here: kept
+    old = os.path.basename(path)
+    assert db.gc(include_open=True) == [f"clip/{old}"]
+    assert version_dirs(db, "clip") == [db.manifest("clip")["version"]]
+
+
+def test_gc_removes_unreferenced_versions_and_run_records(db, monkeypatch):
+    store(db, "a", [1], "Any")
+    store(db, "b", [2], "Any")
+    runs = sorted(os.listdir(os.path.join(db.root, ".runs")))
+    assert len(runs) == 2
+    store(db, "a", [3], "Any")  # a's first run record is referenced no more
+    monkeypatch.setattr(db, "stale_after", 0.0)
+    removed = db.gc()
+    assert removed == [f".runs/{runs[0][:-5]}"]
+    assert list(db.load("a")) == [3] and list(db.load("b")) == [2]
+
+
+def test_overwrite_frames_with_other_types(db, frames):
+    store(db, "s", frames[:10], "FrameType", chunk_rows=4)
+    store(db, "s", [b"x"], "bytes")
+    assert list(db.load("s")) == [b"x"] and len(version_dirs(db, "s")) == 1
+    store(db, "s", frames[:3], "FrameType", chunk_rows=4, storage=LOSSLESS)
+    assert np.array_equal(np.stack(list(db.load("s"))), frames[:3])
+
+
+# ------------------------------------------------------------------------------- atomic runs
+
+
+class FullMemoryFileSystem(MemoryFileSystem):
+    """The memory filesystem, whose disk is full for paths matching ``FULL_AT``."""
+
+    protocol = ("fullmem",)
+    FULL_AT = "^$"
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.replace("fullmem://", "memory://", 1))
+
+    def pipe_file(self, path, value, **kwargs):
+        if re.search(self.FULL_AT, path):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return super().pipe_file(path, value, **kwargs)
+
+
+fsspec.register_implementation("fullmem", FullMemoryFileSystem, clobber=True)
+
+
+@pytest.mark.parametrize("full_at", [r"/\.runs/", r"/b/.*manifest\.json", r"/b/v-.*/0\.elements"])
+def test_a_full_disk_commits_no_output(full_at, monkeypatch):
+    root = f"atomic-{uuid.uuid4().hex}"
+    with sp.Client(db_path=f"fullmem://{root}", show_progress=False) as sc:
+        def run(values, mode=sp.CacheMode.Error):
+            out = sc.io.Output(sc.io.Input([sp.MemoryStream(values), sp.MemoryStream(values)]),
+                               [sp.NamedStream(sc, "a"), sp.NamedStream(sc, "b")])
+            return sc.run(out, sp.PerfParams.manual(2, 2), cache_mode=mode, show_progress=False)
+
+        try:
+            run([1, 2, 3])
+            monkeypatch.setattr(FullMemoryFileSystem, "FULL_AT", full_at)
+            with pytest.raises(StorageError, match="disk is full") as info:
+                run([7, 8], sp.CacheMode.Overwrite)
+            assert not isinstance(info.value, OSError)
+            monkeypatch.setattr(FullMemoryFileSystem, "FULL_AT", "^$")
+            plain = Database(f"memory://{root}")  # another process's view of the same files
+            for db in (sc.db, plain):
+                assert [list(db.load(n)) for n in ("a", "b")] == [[1, 2, 3]] * 2
+            run([4], sp.CacheMode.Overwrite)
+            assert [list(plain.load(n)) for n in ("a", "b")] == [[4], [4]]
+        finally:
+            storage_fs.rmtree(sc.db.fs, sc.db.root)
+
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+from fsspec.implementations.local import LocalFileSystem
+import fsspec
+import scanner_nb as sp
+
+class KillingFileSystem(LocalFileSystem):
+    '''The local disk, but the process is killed as it moves a file onto KILL_AT.'''
+    protocol = ("killfile",)
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return super()._strip_protocol(path.removeprefix("killfile://"))
+
+    def mv(self, path1, path2, *args, **kwargs):
+        if path2.endswith(os.environ["KILL_AT"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().mv(path1, path2, *args, **kwargs)
+
+fsspec.register_implementation("killfile", KillingFileSystem)
+sc = sp.Client(db_path="killfile://" + sys.argv[1], show_progress=False)
+values = [int(sys.argv[2])] * 5
+out = sc.io.Output(sc.io.Input([sp.MemoryStream(values), sp.MemoryStream(values)]),
+                   [sp.NamedStream(sc, "a"), sp.NamedStream(sc, "b")])
+sc.run(out, sp.PerfParams.manual(2, 2), cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+print("committed")
+"""
+
+
+@pytest.mark.parametrize("kill_at", ["/b/manifest.json", ".json"])
+def test_a_kill_between_two_outputs_commits_no_output(tmp_path, kill_at):
+    url = str(tmp_path / "db")
+
+    def run(value, kill_at="never"):
+        env = dict(os.environ, KILL_AT=kill_at)
+        return subprocess.run([sys.executable, "-c", KILL_SCRIPT, url, str(value)], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    first = run(1)
+    assert first.stdout.strip() == "committed", first.stderr
+    killed = run(2, kill_at)
+    assert killed.returncode == -signal.SIGKILL
+    db = Database(url)
+    if kill_at == ".json":  # the run record: both manifests were written, neither counts
+        assert all(json.loads(pathlib.Path(url, n, "manifest.json").read_text())["chunks"][0]
+                   ["rows"] for n in "ab")
+    assert [list(db.load(n)) for n in ("a", "b")] == [[1] * 5, [1] * 5]
+    again = run(3)
+    assert again.stdout.strip() == "committed", again.stderr
+    assert [list(db.load(n)) for n in ("a", "b")] == [[3] * 5, [3] * 5]
+    assert [len(version_dirs(db, n)) for n in "ab"] == [1, 1]  # the dead run's data swept
+
+
+# ------------------------------------------------------------------------------- races
+
+
+def _frames_of(value, n=12):
+    return np.full((n, 6, 8, 3), value % 256, dtype=np.uint8)
+
+
+def _write_repeatedly(url, name, tag, rounds):
+    db = Database(url)
+    for i in range(rounds):
+        store(db, name, _frames_of(tag * 50 + i), "FrameType", chunk_rows=4, storage=LOSSLESS)
+
+
+def _read_until(db, name, done, seen):
+    """Load ``name`` until ``done`` is set; every load must be one writer's round, whole."""
+    while not done.is_set():
+        try:
+            loaded = list(db.load(name))
+        except StorageError as exc:  # replaced while reading: fine, never a mix
+            assert "while it was being read" in str(exc)
+            continue
+        values = {int(f[0, 0, 0]) for f in loaded}
+        assert len(loaded) == 12 and len(values) == 1, values
+        assert all((f == f[0, 0, 0]).all() for f in loaded)
+        seen.update(values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["threads", "processes"])
+def test_racing_writers_one_wins_whole(db, mode):
+    rounds = 6 if mode == "threads" else 8
+    store(db, "race", _frames_of(255), "FrameType", chunk_rows=4, storage=LOSSLESS)
+    done, seen = threading.Event(), set()
+    reader = threading.Thread(target=_read_until, args=(db, "race", done, seen))
+    reader.start()
+    try:
+        if mode == "threads":
+            writers = [threading.Thread(target=_write_repeatedly, args=(db.url, "race", t, rounds))
+                       for t in (1, 2)]
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            writers = [ctx.Process(target=_write_repeatedly, args=(db.url, "race", t, rounds))
+                       for t in (1, 2)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(120)
+        if mode == "processes":
+            assert [w.exitcode for w in writers] == [0, 0]
+    finally:
+        done.set()
+        reader.join()
+    final = {int(f[0, 0, 0]) for f in db.load("race")}
+    assert final in ({50 + rounds - 1}, {100 + rounds - 1})
+    assert len(list(db.load("race"))) == 12
+    assert seen  # the reader did read whole versions meanwhile
+    db.gc(include_open=True)  # versions orphaned by the race go
+    assert version_dirs(db, "race") == [db.manifest("race")["version"]]
+
+
+def test_commit_from_another_process(db):
+    writer = db.begin("s", "FrameType", 12, 4, storage=LOSSLESS)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        infos = pool.starmap(_write_one_chunk, [(writer, k) for k in range(3)])
+    writer.commit(infos)
+    assert np.array_equal(np.stack(list(db.load("s"))), _frames_of(7))
+
+
+def _write_one_chunk(writer, k):
+    return writer.write_chunk(k, chunk_batch(_frames_of(7), k, 4, type_name="FrameType"))
+
+
+# ------------------------------------------------------------------------------- unwritable
+
+
+def test_unwritable_database_below_a_regular_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    url = str(blocker / "db")
+    db = Database(url)
+    with pytest.raises(StorageError, match="not writable") as info:
+        db.check_writable()
+    assert url in str(info.value)
+    with pytest.raises(StorageError, match="cannot write stream 's'"):
+        db.begin("s", "Any", 1, 1)
+    assert not db.exists("s") and db.names() == []
+    with pytest.raises(StreamNotFoundError):
+        db.load("s")
+    db.delete("s")
+
+
+def test_check_writable_creates_the_folder(tmp_path, memdb):
+    db = Database(str(tmp_path / "a" / "b" / "db"))
+    db.check_writable()
+    assert os.path.isdir(db.root) and os.listdir(db.root) == []
+    memdb.check_writable()
+
+
+def test_docstring_examples():
+    import doctest
+
+    from scanner_nb.storage import codecs, db as db_module, fs
+
+    for module in (codecs, db_module, fs):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted >= 2

@@ -480,6 +480,7 @@ def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
             checked["signature"] = sign(checked, key)
             if previous is not None:
                 previous.pop("signed", None)
+                previous.pop("pending", None)
                 checked["previous"] = previous
             data = json.dumps(checked, indent=1).encode()
             written.append((path, old_raw))

@@ -349,7 +349,8 @@ class Database:
             return fs_.read_file(self.fs, path)
         except FileNotFoundError:
             try:
-                now = self.manifest(name)["version"]
+                now = self.manifest(name)
+                now = None if now["pending"] else now["version"]
             except (StreamNotFoundError, StorageError):
                 now = None
             if now != manifest["version"]:

@@ -74,7 +74,8 @@ def user_key(path: str | None = None) -> bytes:
 
 
 def _payload(manifest: dict) -> bytes:
-    body = {k: v for k, v in manifest.items() if k not in ("signature", "previous", "signed")}
+    body = {k: v for k, v in manifest.items()
+            if k not in ("signature", "previous", "signed", "pending")}
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -224,12 +225,14 @@ def read_manifest(fs, root: str, name: str, key: bytes, raw: bytes | None = None
         manifest = validate(json.loads(raw), name, where)
     except (ValueError, RecursionError) as exc:
         raise StorageError(f"the manifest of stream {name!r} ({where}) is corrupt: {exc}") from None
-    if not run_committed(fs, root, manifest["run"]):
+    pending = not run_committed(fs, root, manifest["run"])
+    if pending:
         previous = manifest.get("previous")
         if previous is None:
             raise StreamNotFoundError(f"no stored stream named {name!r} in {root!r} (a run "
                                       f"storing it did not commit)")
         manifest = previous
     manifest.pop("previous", None)
+    manifest["pending"] = pending  # a run replacing it wrote its manifest, not yet its record
     manifest["signed"] = is_signed(manifest, key)
     return manifest
