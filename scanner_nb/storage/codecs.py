@@ -32,7 +32,6 @@ import io
 import json
 import pickle
 import struct
-import warnings
 from typing import Any, Callable
 
 import cloudpickle
@@ -212,14 +211,16 @@ def _store(length: int, chunk_rows: int, shape: tuple, dtype: str, type_name: st
 
 def zarr_metadata(length: int, chunk_rows: int, shape: tuple, dtype: str, type_name: str,
                   attributes: dict) -> dict[str, bytes]:
-    """The metadata files of the stream's Zarr group (consolidated, so xarray opens it)."""
-    import zarr
-
-    group, _, files = _store(length, chunk_rows, tuple(shape), dtype, type_name, attributes)
-    with warnings.catch_warnings():  # zarr calls consolidated metadata "not yet in the spec"
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(group.store)
-    return {key: value.to_bytes() for key, value in files.items()}
+    """The metadata files of the stream's Zarr group, the array's consolidated into the
+    group's (as ``zarr.consolidate_metadata`` writes it, so xarray opens the group at once)."""
+    group, array, files = _store(length, chunk_rows, tuple(shape), dtype, type_name, attributes)
+    out = {key: value.to_bytes() for key, value in files.items()}
+    meta = json.loads(out["zarr.json"])
+    meta["consolidated_metadata"] = {
+        "kind": "inline", "must_understand": False,
+        "metadata": {array.basename: json.loads(out[f"{array.basename}/zarr.json"])}}
+    out["zarr.json"] = json.dumps(meta, indent=2).encode()
+    return out
 
 
 def encode_zarr(stack: np.ndarray, k: int, length: int, chunk_rows: int,
