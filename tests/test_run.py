@@ -680,3 +680,85 @@ def test_output_arguments_are_checked_at_the_call(local_client, video):
         sc.run(sc.io.Output(s, [sp.NamedStream(sc, "a"), sp.NamedStream(sc, "b")]),
                cache_mode="overwrite", show_progress=False)
     assert sc.db.names() == []
+
+
+# ------------------------------------------------------------------------------ how frames are kept
+
+
+def _psnr(a, b):
+    mse = np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)
+    return 10 * np.log10(255.0**2 / mse) if mse else float("inf")
+
+
+@pytest.fixture(scope="module")
+def natural_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("natural") / "clip.mp4"
+    return make_video(path, n_frames=24, width=320, height=192, fps=FPS, gop=12)
+
+
+def test_frames_are_compressed_video_by_default_lossless_on_request(client, natural_video):
+    frames = client.io.Input([sp.NamedVideoStream(client, "src", path=natural_video)])
+    (expected,) = frames.compute()
+    default, chosen, exact = client.run(
+        [client.io.Output(frames, [sp.NamedVideoStream(client, "default")]),
+         client.io.Output(frames.compress_video(quality=35), [sp.NamedVideoStream(client, "q35")]),
+         client.io.Output(frames.lossless(), [sp.NamedVideoStream(client, "exact")])],
+        sp.PerfParams.manual(4, 12), show_progress=False)
+    got = {s.name: np.stack(list(s.load())) for s in (default, chosen, exact)}
+    assert [s.manifest()["layout"] for s in (default, chosen, exact)] == ["video", "video", "zarr"]
+    assert _psnr(got["default"], expected) >= 40
+    assert _psnr(got["q35"], expected) < _psnr(got["default"], expected)
+    assert chosen.manifest()["nbytes"] < default.manifest()["nbytes"] < exact.manifest()["nbytes"]
+    np.testing.assert_array_equal(got["exact"], expected)
+    assert os.path.getsize(natural_video) * 3 > default.manifest()["nbytes"]
+    with pytest.raises(sp.ScannerValueError, match="not stored as a Zarr array"):
+        default.zarr_path  # noqa: B018
+    # a stored video stream is an input, sampling reads only the chunks it needs
+    again = client.streams.Gather(client.io.Input([sp.NamedVideoStream(client, "default")]),
+                                  [[23, 0]])
+    np.testing.assert_array_equal(again.compute()[0], got["default"][[23, 0]])
+    with pytest.raises(sp.ScannerTypeError, match="frame streams"):
+        numbers(client, 3).lossless()
+
+
+def test_plain_data_and_pickled_objects_round_trip(client):
+    values = [None, 1, 2.5, "x", b"y", [1, (2, 3)], {"k": np.arange(3)}, np.float32(4), 3j]
+    (stored,) = client.run(client.io.Output(client.io.Input([sp.MemoryStream(values)]),
+                                            [sp.NamedStream(client, "plain")]),
+                           sp.PerfParams.manual(3, 3), show_progress=False)
+    loaded = list(stored.load())
+    assert [type(v) for v in loaded] == [type(v) for v in values]
+    assert loaded[:6] == values[:6] and loaded[7:] == values[7:]
+    np.testing.assert_array_equal(loaded[6]["k"], values[6]["k"])
+    assert not any(c["pickled"] for c in stored.manifest()["chunks"])
+
+
+def test_a_re_registered_type_is_used_by_workers(client):
+    def version(sign):
+        class RunSigned:
+            def serialize(value):
+                return np.float64(sign * value).tobytes()
+
+            def deserialize(data):
+                return sign * float(np.frombuffer(data, np.float64)[0])
+
+        return sp.types.register_type(RunSigned)
+
+    def to_signed(config, x: Any):
+        return float(x)
+
+    version(1)
+    to_signed.__annotations__["return"] = "RunSigned"
+    sp.register_python_op(name="run_to_signed")(to_signed)
+
+    for sign in (1, -1):
+        version(sign)  # a notebook cell re-run with a changed serialize
+        (stored,) = client.run(
+            client.io.Output(client.ops.run_to_signed(x=numbers(client, 8)),
+                             [sp.NamedStream(client, "signed")]),
+            sp.PerfParams.manual(4, 4), cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+        assert list(stored.load()) == [float(i) for i in range(8)]
+        raw = sp.types.lookup_type("RunSigned").serialize(3.0)
+        path = os.path.join(client.db.root, "signed", stored.manifest()["version"], "0.elements")
+        with open(path, "rb") as f:
+            assert raw in f.read()  # the current serialize wrote it, on every worker
