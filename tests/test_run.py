@@ -482,7 +482,7 @@ def test_worker_killed_mid_run_still_stores_a_complete_stream(tmp_path):
         return x * 3
 
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=50) as cluster, \
+                                  dashboard_address=":0", silence_logs=50) as cluster, \
             sp.Client(address=cluster, db_path=str(tmp_path / "db"), show_progress=False) as sc:
         pids = set(sc.distributed.run(os.getpid).values())
         out = sc.io.Output(sc.ops.run_kill_once(x=numbers(sc, 1000)), [sp.NamedStream(sc, "k")])

@@ -9,9 +9,9 @@ Three encodings, chosen per chunk by :func:`choose_encoding`:
     decode. The default CRF :data:`DEFAULT_CRF` with preset ``veryfast`` keeps a decoded clip
     at PSNR >= 40 dB and about the source file's size (``bench/bench_storage.py``).
 ``zarr``
-    numeric arrays of one shape and dtype, bit-exact: the chunk is encoded by zarr-python
-    (Zarr format 3, Blosc LZ4) as chunk ``k`` of an array ``(length, *shape)`` whose chunks are
-    the partitions, so the version folder is a Zarr group that zarr, dask and xarray open.
+    numeric arrays of one shape and dtype, bit-exact: chunk ``k`` of an array
+    ``(length, *shape)`` whose chunks are the partitions (Zarr format 3, Blosc LZ4, metadata
+    made by zarr-python), so the version folder is a Zarr group that zarr, dask and xarray open.
 ``elements``
     anything else, one row after another: ``SNBELEM2``, the row count, one kind byte and one
     int64 length per row, then the payloads. Kinds: null; *plain* data (None, bool, int, float,
@@ -26,7 +26,6 @@ Every chunk's SHA-256 goes into the manifest (:func:`checksum`) and is checked b
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -50,6 +49,7 @@ _CODECS = {"h264": "libx264", "libx264": "libx264", "hevc": "libx265", "h265": "
            "libx265": "libx265"}
 _ELEMENTS_MAGIC = b"SNBELEM2"
 _NULL, _PLAIN, _SERIALIZED, _PICKLE = 0, 1, 2, 3
+_BLOSC_MAX_BYTES = 2**31 - 2**16
 ARRAY_NAME = {"FrameType": "frames"}  # the Zarr array's name in the group; others "elements"
 
 
@@ -102,6 +102,8 @@ def choose_encoding(stack: np.ndarray | None, storage: dict) -> str:
     (``None`` when they are not arrays of one shape and dtype, or some are null)."""
     if stack is None or stack.dtype.kind not in "biufc" or stack.size == 0:
         return "elements"
+    if stack.nbytes >= _BLOSC_MAX_BYTES:
+        return "elements"  # Blosc compresses buffers below 2 GiB only
     if (storage.get("encoding") == "video" and stack.dtype == np.uint8
             and (stack.ndim == 3 or (stack.ndim == 4 and stack.shape[3] in (1, 3)))):
         return "video"
@@ -223,37 +225,37 @@ def zarr_metadata(length: int, chunk_rows: int, shape: tuple, dtype: str, type_n
     return out
 
 
+def _blosc():
+    import numcodecs
+
+    return numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
+
+
 def encode_zarr(stack: np.ndarray, k: int, length: int, chunk_rows: int,
                 type_name: str) -> tuple[str, bytes]:
-    """Chunk ``k`` of the stream's Zarr array, encoded by zarr-python: ``(key, bytes)``."""
-    _, array, files = _store(length, chunk_rows, stack.shape[1:], stack.dtype.str, type_name)
-    array[k * chunk_rows: k * chunk_rows + len(stack)] = stack
-    key = chunk_key("zarr", k, array.basename, stack.ndim)
-    return key, files[key].to_bytes()
+    """Chunk ``k`` of the stream's Zarr array: ``(key, bytes)``.
 
-
-@functools.lru_cache(maxsize=32)
-def _array_metadata(length: int, chunk_rows: int, shape: tuple, dtype: str,
-                    type_name: str) -> tuple[str, bytes]:
-    _, array, files = _store(length, chunk_rows, shape, dtype, type_name)
-    return array.basename, files[f"{array.basename}/zarr.json"].to_bytes()
+    The bytes are what zarr-python writes for the array of :func:`zarr_metadata` (the chunk's
+    C-order little-endian bytes, padded to whole chunk with the fill value 0, then Blosc),
+    encoded straight with numcodecs: zarr's asyncio round trip costs 5x the time.
+    """
+    if len(stack) < chunk_rows:
+        padded = np.zeros((chunk_rows, *stack.shape[1:]), dtype=stack.dtype)
+        padded[:len(stack)] = stack
+        stack = padded
+    return chunk_key("zarr", k, ARRAY_NAME.get(type_name, "elements"), stack.ndim), \
+        _blosc().encode(stack)
 
 
 def decode_zarr(data: bytes, k: int, rows: int, length: int, chunk_rows: int, shape: tuple,
                 dtype: str, type_name: str) -> np.ndarray:
     """The ``(rows, *shape)`` array of Zarr chunk ``k`` from its bytes."""
-    import zarr
-    from zarr.core.buffer import cpu
-    from zarr.storage import MemoryStore
-
-    name, meta = _array_metadata(length, chunk_rows, tuple(shape), dtype, type_name)
-    key = chunk_key("zarr", k, "", 1 + len(shape)).lstrip("/")
-    files = {"zarr.json": cpu.Buffer.from_bytes(meta), key: cpu.Buffer.from_bytes(data)}
-    array = zarr.open_array(MemoryStore(files), mode="r")
+    out = np.empty((chunk_rows, *shape), dtype=np.dtype(dtype))
     try:
-        return array[k * chunk_rows: k * chunk_rows + rows]
-    except Exception as exc:  # noqa: BLE001 - numcodecs/blosc raise several kinds
+        _blosc().decode(data, out=out)
+    except Exception as exc:  # noqa: BLE001 - blosc raises several kinds
         raise ValueError(f"it does not decode as a Zarr chunk: {exc}") from None
+    return out[:rows]
 
 
 # ---------------------------------------------------------------------------- plain data

@@ -290,6 +290,8 @@ class StreamWriter:
         stack = _frame_stack(batch)
         if self.type_name not in ("FrameType", "Any"):
             stack = None  # a registered type stores through its own serialize
+        elif stack is not None and stack.dtype.byteorder == ">":
+            stack = stack.astype(stack.dtype.newbyteorder("<"))  # Zarr's bytes are little-endian
         encoding = codecs.choose_encoding(stack, self.storage)
         info = {"k": k, "rows": n, "encoding": encoding, "nulls": 0, "pickled": False,
                 "shape": None if stack is None else list(stack.shape[1:]),
