@@ -167,6 +167,7 @@ def decode_video(data: bytes, shape: tuple, rows: int) -> np.ndarray:
     i = 0
     try:
         with av.open(io.BytesIO(data), format="mp4") as container:
+            container.streams.video[0].thread_type = "AUTO"  # measured 2x on 640x360
             for frame in container.decode(video=0):
                 if i == rows:
                     raise ValueError(f"it holds more than {rows} frames")

@@ -125,11 +125,14 @@ class Database:
                 f"choose another db_path (or set SCANNER_NB_DB)") from exc
 
     def exists(self, name: str) -> bool:
-        """Whether ``name`` is a committed stream."""
+        """Whether ``name`` is a committed stream (a malformed one counts: an ``Overwrite``
+        replaces it, ``CacheMode.Error`` refuses to)."""
         try:
             self.manifest(name)
         except StreamNotFoundError:
             return False
+        except StorageError:
+            return True
         return True
 
     def manifest(self, name: str) -> dict:
