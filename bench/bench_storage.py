@@ -43,7 +43,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchlib import clip  # noqa: E402
+from benchlib import clip
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
@@ -203,7 +203,7 @@ def memory_case(case: str, video: str, db: str, op: str) -> dict:
         info["frames"] = total
     else:
         import scanner_nb as sp
-        import scanner_nb.imgproc  # noqa: F401 - registers ConvertColor
+        import scanner_nb.imgproc
 
         @sp.register_python_op(name="bench_identity")
         def bench_identity(config, frame: sp.FrameType) -> sp.FrameType:

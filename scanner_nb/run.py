@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from dask.base import tokenize
@@ -26,7 +27,7 @@ from .stream import Stream
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["CacheMode", "PerfParams", "Output", "run_outputs"]
+__all__ = ["CacheMode", "Output", "PerfParams", "run_outputs"]
 
 
 class CacheMode(enum.Enum):

@@ -14,7 +14,8 @@ import pickle
 import signal
 import threading
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import av
 import dask.array as da
@@ -25,9 +26,9 @@ import zarr
 from conftest import calls_in
 
 import scanner_nb as sp
+from scanner_nb.samples import frame_index, make_video
 from scanner_nb.storage import fs as storage_fs
 from scanner_nb.storage.manifest import MANIFEST
-from scanner_nb.samples import frame_index, make_video
 from scanner_nb.types import Batch
 
 N_FRAMES, WIDTH, HEIGHT, GOP, FPS = 60, 64, 48, 10, 30

@@ -14,8 +14,16 @@ from .codecs import DEFAULT_CRF, video_options
 from .commit import StreamWriter
 from .db import Database
 
-__all__ = ["Database", "StreamWriter", "DEFAULT_CRF", "video_options", "default_db_path",
-           "validate_name", "NamedStream", "NamedVideoStream"]
+__all__ = [
+    "DEFAULT_CRF",
+    "Database",
+    "NamedStream",
+    "NamedVideoStream",
+    "StreamWriter",
+    "default_db_path",
+    "validate_name",
+    "video_options",
+]
 
 
 def __getattr__(name: str):

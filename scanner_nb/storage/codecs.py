@@ -31,16 +31,30 @@ import io
 import json
 import pickle
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import cloudpickle
 import numpy as np
 
 from ..errors import StorageError
 
-__all__ = ["checksum", "choose_encoding", "chunk_key", "DEFAULT_CRF", "video_options",
-           "encode_video", "decode_video", "encode_zarr", "decode_zarr", "zarr_metadata",
-           "encode_elements", "decode_elements", "encode_plain", "decode_plain"]
+__all__ = [
+    "DEFAULT_CRF",
+    "checksum",
+    "choose_encoding",
+    "chunk_key",
+    "decode_elements",
+    "decode_plain",
+    "decode_video",
+    "decode_zarr",
+    "encode_elements",
+    "encode_plain",
+    "encode_video",
+    "encode_zarr",
+    "video_options",
+    "zarr_metadata",
+]
 
 #: x264 CRF of stored frames when ``compress_video`` is not called (PSNR >= 40 dB on decoded
 #: video at about the source's size; measured by ``bench/bench_storage.py``).
@@ -216,7 +230,7 @@ def zarr_metadata(length: int, chunk_rows: int, shape: tuple, dtype: str, type_n
                   attributes: dict) -> dict[str, bytes]:
     """The metadata files of the stream's Zarr group, the array's consolidated into the
     group's (as ``zarr.consolidate_metadata`` writes it, so xarray opens the group at once)."""
-    group, array, files = _store(length, chunk_rows, tuple(shape), dtype, type_name, attributes)
+    _, array, files = _store(length, chunk_rows, tuple(shape), dtype, type_name, attributes)
     out = {key: value.to_bytes() for key, value in files.items()}
     meta = json.loads(out["zarr.json"])
     meta["consolidated_metadata"] = {

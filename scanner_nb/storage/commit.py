@@ -32,15 +32,36 @@ import weakref
 
 import numpy as np
 
-from ..errors import ScannerValueError, StorageError, StreamExistsError, StreamNotFoundError
+from ..errors import (
+    ScannerValueError,
+    StorageError,
+    StreamExistsError,
+    StreamNotFoundError,
+)
 from ..types import Batch
 from . import codecs
 from . import fs as fs_
-from .manifest import (MANIFEST, RUNS, VERSION_RE, read_manifest, read_raw, sign, user_key,
-                       validate)
+from .manifest import (
+    MANIFEST,
+    RUNS,
+    VERSION_RE,
+    read_manifest,
+    read_raw,
+    sign,
+    user_key,
+    validate,
+)
 
-__all__ = ["StreamWriter", "commit_run", "stage", "sweep", "pin", "unpin", "new_version",
-           "STALE_AFTER"]
+__all__ = [
+    "STALE_AFTER",
+    "StreamWriter",
+    "commit_run",
+    "new_version",
+    "pin",
+    "stage",
+    "sweep",
+    "unpin",
+]
 
 LOCK = "lock.json"
 #: A staging version owned by a process on another host is a leftover once its heartbeat is
@@ -51,7 +72,7 @@ HEARTBEAT_EVERY = 60.0
 TMP_PREFIX = ".tmp-"
 
 _HOST = socket.gethostname()
-_OWNED: "weakref.WeakValueDictionary[str, StreamWriter]" = weakref.WeakValueDictionary()
+_OWNED: weakref.WeakValueDictionary[str, StreamWriter] = weakref.WeakValueDictionary()
 _HEARTBEATS: dict[str, float] = {}
 _PINNED: collections.Counter = collections.Counter()
 _STATE_LOCK = threading.Lock()

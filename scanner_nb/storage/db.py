@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -30,8 +30,17 @@ from ..names import _name_problem, default_db_path, validate_name
 from ..types import Batch, lookup_type, stack_elements
 from . import codecs
 from . import fs as fs_
-from .commit import (STALE_AFTER, StreamWriter, commit_run, new_version, own, pin, stage,
-                     sweep, unpin)
+from .commit import (
+    STALE_AFTER,
+    StreamWriter,
+    commit_run,
+    new_version,
+    own,
+    pin,
+    stage,
+    sweep,
+    unpin,
+)
 from .manifest import MANIFEST, RUN_RE, RUNS, read_manifest, read_raw, user_key
 
 __all__ = ["Database", "default_db_path", "validate_name"]

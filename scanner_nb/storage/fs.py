@@ -24,8 +24,20 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import ScannerValueError, StorageError
 
-__all__ = ["normalize_url", "filesystem", "join", "basename", "is_local", "read_file",
-           "write_file", "atomic_write", "atomic_create", "rmtree", "rm_file", "write_error"]
+__all__ = [
+    "atomic_create",
+    "atomic_write",
+    "basename",
+    "filesystem",
+    "is_local",
+    "join",
+    "normalize_url",
+    "read_file",
+    "rm_file",
+    "rmtree",
+    "write_error",
+    "write_file",
+]
 
 #: Protocols on which one PUT of a whole object is atomic (readers see old or new bytes).
 _ATOMIC_PUT = {"memory", "s3", "s3a", "gcs", "gs", "abfs", "az", "adl", "oss"}

@@ -31,8 +31,19 @@ from ..errors import StorageError, StreamNotFoundError
 from ..names import validate_name
 from . import fs as fs_
 
-__all__ = ["MANIFEST", "RUNS", "FORMAT_VERSION", "VERSION_RE", "RUN_RE", "validate",
-           "read_manifest", "run_committed", "user_key", "sign", "is_signed"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "RUNS",
+    "RUN_RE",
+    "VERSION_RE",
+    "is_signed",
+    "read_manifest",
+    "run_committed",
+    "sign",
+    "user_key",
+    "validate",
+]
 
 MANIFEST = "manifest.json"
 RUNS = ".runs"  # names starting with "." are never stream names
