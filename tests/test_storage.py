@@ -677,6 +677,19 @@ def test_a_crafted_version_never_reaches_outside_the_db(tmp_path):
     assert list(db.load("x")) == [5]
 
 
+def test_a_chunk_file_linking_out_of_the_db_is_not_read(db, tmp_path):
+    store(db, "nums", list(range(8)), "Any", chunk_rows=4)
+    secret = tmp_path / "secret"
+    secret.write_bytes(pathlib.Path(version_path(db, "nums"), "1.elements").read_bytes())
+    chunk = pathlib.Path(version_path(db, "nums"), "1.elements")
+    chunk.unlink()
+    chunk.symlink_to(secret)
+    with pytest.raises(StorageError, match=r"chunk 1 \(rows 4 to 7\).*link out"):
+        list(db.load("nums"))
+    db.delete("nums")
+    assert secret.exists()
+
+
 # ------------------------------------------------------------------------------- pickle
 
 

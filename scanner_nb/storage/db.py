@@ -19,6 +19,7 @@ with ``trust_pickle=True``.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Iterable, Iterator
@@ -357,6 +358,9 @@ class Database:
             f"open it with sp.Client(..., trust_pickle=True)")
 
     def _read_file(self, name: str, manifest: dict, path: str, where: str) -> bytes:
+        if fs_.is_local(self.fs) and not os.path.realpath(path).startswith(
+                os.path.realpath(self._stream_dir(name)) + os.sep):
+            raise StorageError(f"{where} is a link out of the stream's folder: {path}")
         try:
             return fs_.read_file(self.fs, path)
         except FileNotFoundError:
