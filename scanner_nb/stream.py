@@ -296,21 +296,29 @@ class Stream(DaskMethodsMixin):
         return float(getattr(source, "fps", None) or 24.0)
 
     # ------------------------------------------------------------ notebook
-    def preview(self, render: Callable | None = None):
+    def preview(self, render: Callable | None = None, compare: Sequence[Stream] = ()):
         """An ipywidgets preview: stream selector, slider with Play, the element drawn inline.
 
         Each step computes only the row shown (plus a small cache and prefetch while playing).
+        ``compare=[other, ...]`` shows other streams beside this one on the same slider.
         """
-        from .notebook.preview import Preview
+        from .notebook.preview import Preview, Shown
 
         return Preview(self.row, self.lengths, is_frame=self.type_name == "FrameType",
-                       render=render, stream_names=self._stream_names(), fps=self.fps())
+                       render=render, stream_names=self._stream_names(), fps=self.fps(),
+                       title=self._ref.node.label if compare else "",
+                       compare=[Shown(o.row, o.lengths, o.type_name == "FrameType",
+                                      o._ref.node.label) for o in compare])
 
     def plot(self, ax=None):
         """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""
         from .notebook.plot import plot_elements
 
-        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax)
+        node = self._ref.node
+        while node.kind == "sample" and node.inputs:  # name the values after their op
+            node = node.inputs[0].node
+        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax,
+                             ylabel=node.label)
 
     def show_video(self, stream_index: int = 0, start: int = 0, end: int | None = None,
                    fps: float | None = None):
@@ -349,7 +357,8 @@ class Stream(DaskMethodsMixin):
                 props = {"streams": node.n_streams, "type": node.types[0].name}
             elif isinstance(node, OpNode):
                 label = node.label
-                props = {**node.init_args, **node.spec.properties, "device": node.device.value}
+                props = {**node.init_args, **node.config_args, **node.spec.properties,
+                         "device": node.device.value}
             else:
                 label, props = node.label, {"args": getattr(node, "args", "")}
             nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,
