@@ -7,6 +7,7 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -74,12 +75,44 @@ class Stream(DaskMethodsMixin):
 
     def _derive(self, **changes) -> Stream:
         """The same stream under another :class:`~scanner_nb.graph.View`."""
-        return Stream(self._client, self._ref, View(**{**self._view.__dict__, **changes}))
+        derived = Stream(self._client, self._ref, View(**{**self._view.__dict__, **changes}))
+        derived.storage_hint = self.storage_hint
+        return derived
 
     def with_perf_params(self, perf_params) -> Stream:
         """This stream computed with a ``PerfParams``' partition and work packet sizes."""
         return self._derive(partition_size=perf_params.partition_size_for(self),
                             work_packet=perf_params.work_packet_size)
+
+    # ------------------------------------------------------------ how sc.run stores it
+    #: How ``sc.run`` stores this stream's frames: ``None`` is compressed video (the default);
+    #: :meth:`compress_video` and :meth:`lossless` return a copy that says otherwise.
+    storage_hint: dict | None = None
+
+    def compress_video(self, quality: int = -1, bitrate: int = -1, keyframe_distance: int = -1,
+                       codec: str = "h264") -> Stream:
+        """This stream, to be stored by ``sc.run`` as video: ``quality`` is the CRF (0 best
+        to 51; -1: the default, PSNR >= 40 dB), or a ``bitrate`` in bits/s (Scanner's spelling).
+
+        Examples
+        --------
+        >>> out = sc.io.Output(frames.compress_video(quality=35), [sp.NamedVideoStream(sc, "c")])  # doctest: +SKIP
+        """
+        from .storage.codecs import video_options
+
+        return self._stored_as(video_options(quality, codec, bitrate, keyframe_distance))
+
+    def lossless(self) -> Stream:
+        """This stream, to be stored by ``sc.run`` bit-exact (a Zarr array openable by path)."""
+        return self._stored_as({"encoding": "zarr"})
+
+    def _stored_as(self, storage: dict) -> Stream:
+        if self.type_name != "FrameType":
+            raise ScannerTypeError(f"only frame streams are stored as video or Zarr frames; "
+                                   f"this stream holds {self.type_name} elements")
+        stream = copy.copy(self)
+        stream.storage_hint = storage
+        return stream
 
     # ------------------------------------------------------------ graph
     def _build(self) -> Built:
