@@ -152,9 +152,10 @@ def main() -> None:
     for n_streams in (1000, 4000) if args.quick else (1000, 4000, 16000):
         t = build_time(n_streams)
         base = base or t / n_streams
+        result = (f"{t / n_streams * 1e6:.0f} us/stream, {t / n_streams / base:.2f}x the 1k "
+                  f"per-stream time (target <= 1.5x)")
         rows.append((f"build Stride over {n_streams:,} streams, default partitions", 0.0, t,
-                     f"{t / n_streams * 1e6:.0f} us/stream, {t / n_streams / base:.2f}x the "
-                     f"1k per-stream time (target <= 1.5x)"))
+                     result))
     width = max(len(r[0]) for r in rows)
     print(f"{'case':<{width}}  {'plain loop':>11}  {'scanner_nb':>11}  result")
     for name, plain, engine, result in rows:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from dask.base import tokenize
 

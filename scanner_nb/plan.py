@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import marshal
 import types as pytypes
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -33,9 +34,21 @@ from dask.base import tokenize
 from .sources.base import DEFAULT_ROWS, FRAME_PARTITION_BYTES, Source
 from .types import StreamType, lookup_type
 
-__all__ = ["Source", "Ref", "Node", "SourceNode", "OpNode", "SampleNode", "Window",
-           "StreamPlan", "NodePlan", "analyze", "code_token", "topological",
-           "FRAME_PARTITION_BYTES"]
+__all__ = [
+    "FRAME_PARTITION_BYTES",
+    "Node",
+    "NodePlan",
+    "OpNode",
+    "Ref",
+    "SampleNode",
+    "Source",
+    "SourceNode",
+    "StreamPlan",
+    "Window",
+    "analyze",
+    "code_token",
+    "topological",
+]
 
 
 def code_token(target: Any) -> str:
@@ -146,7 +159,7 @@ class SourceNode(Node):
 
     def __init__(self, sources: Sequence[Source]):
         types = {s.type_name for s in sources}
-        super().__init__([], [len(s) for s in sources], [lookup_type(sorted(types)[0])],
+        super().__init__([], [len(s) for s in sources], [lookup_type(min(types))],
                          "Input")
         self.sources = tuple(sources)
 

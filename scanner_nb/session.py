@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dask
 import dask.threaded
@@ -44,7 +45,7 @@ def connect(address: Any):
 
     if isinstance(address, distributed.Client):
         return address, False
-    if isinstance(address, str) or isinstance(address, distributed.deploy.Cluster):
+    if isinstance(address, (str, distributed.deploy.Cluster)):
         return distributed.Client(address, set_as_default=True), True
     raise ScannerTypeError(
         f"address must be None, a scheduler address, a distributed.Client or a cluster, "

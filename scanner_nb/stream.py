@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dask.base import DaskMethodsMixin, tokenize
@@ -41,10 +42,10 @@ class Stream(DaskMethodsMixin):
     [[1, 2, 3], [4]]
     """
 
-    def __init__(self, client: Client, ref: Ref, view: View = View()):
+    def __init__(self, client: Client, ref: Ref, view: View | None = None):
         self._client = client
         self._ref = ref
-        self._view = view
+        self._view = view or View()
         self._built: Built | None = None
 
     # ------------------------------------------------------------ what it is

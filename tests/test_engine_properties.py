@@ -11,15 +11,16 @@ how the rows are partitioned (API.md: a reset at every partition start).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence, Tuple
+from typing import Any
 
 import dask
+import engine_reference as ref
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import engine_reference as ref
 import scanner_nb as sp
 
 STENCILS = [(-2, 0, 1), (-1,), (1, 3), (0,), (-3, -1), (-1, 0, 1, 4)]
@@ -48,7 +49,7 @@ def prop_batch(config, x: Sequence[Any]) -> Sequence[Any]:
 
 
 @sp.register_python_op()
-def prop_split(config, x: Any) -> Tuple[Any, Any]:
+def prop_split(config, x: Any) -> tuple[Any, Any]:
     return x + 1, x * 3
 
 
@@ -141,7 +142,7 @@ def _step(data, sc, b: Built) -> Built:
     if kind == "running":
         return Built(sc.ops.PropRunning(x=b.stream), ref.running_sum(b.value), False, b.parents,
                      b.n_parents)
-    per = lambda strategy: [data.draw(strategy(n)) for n in lengths]  # noqa: E731
+    per = lambda strategy: [data.draw(strategy(n)) for n in lengths]
     if kind == "stride":
         ks = per(lambda n: st.integers(1, 4))
         return _sampled(sc.streams.Stride(b.stream, ks), ref.stride(b.value, ks), b)
@@ -207,7 +208,7 @@ def _check(data, sc, **compute):
 
 
 SIZES = st.one_of(st.none(), st.integers(1, 7))
-COMMON = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+COMMON = {"deadline": None, "suppress_health_check": list(HealthCheck), "derandomize": True}
 
 
 @settings(max_examples=150, **COMMON)

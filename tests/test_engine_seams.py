@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import dask
 import numpy as np
@@ -32,7 +33,7 @@ def on(client, **kwargs):
 
 
 @sp.register_python_op()
-def seam_split(config, frame: sp.FrameType) -> Tuple[sp.FrameType, Any]:
+def seam_split(config, frame: sp.FrameType) -> tuple[sp.FrameType, Any]:
     return frame[::2, ::2].copy(), int(frame.sum())
 
 
@@ -262,9 +263,9 @@ def test_delayed_and_arrays_of_a_cluster_client_run_on_the_workers(cluster):
 # 10 --------------------------------------------------------------- errors and custom types
 def test_an_unknown_op_is_a_scanner_error_and_hasattr_works(local_client):
     with pytest.raises(sp.ScannerError):
-        local_client.ops.NoSuchOp
+        _ = local_client.ops.NoSuchOp
     with pytest.raises(AttributeError):
-        local_client.ops.NoSuchOp
+        _ = local_client.ops.NoSuchOp
     assert not hasattr(local_client.ops, "NoSuchOp")
 
 

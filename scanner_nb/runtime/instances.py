@@ -19,9 +19,19 @@ from ..devices import DeviceType
 from ..errors import KernelError, ScannerError
 from ..kernel import Kernel, KernelConfig, OpSpec
 
-__all__ = ["ChainMoved", "OpContext", "acquire", "release", "close_instances", "enter_stream",
-           "chain_instance", "end_chain", "resource_folder", "forget_resources",
-           "tune_allocator"]
+__all__ = [
+    "ChainMoved",
+    "OpContext",
+    "acquire",
+    "chain_instance",
+    "close_instances",
+    "end_chain",
+    "enter_stream",
+    "forget_resources",
+    "release",
+    "resource_folder",
+    "tune_allocator",
+]
 
 
 class ChainMoved(ScannerError):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import uuid
 import weakref
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 
@@ -20,10 +20,25 @@ from ..errors import KernelError, ScannerError
 from ..kernel import Kernel, OpSpec
 from ..plan import Window
 from ..types import Batch, concat_batches, stack_elements
-from .instances import OpContext, acquire, chain_instance, end_chain, enter_stream, release
+from .instances import (
+    OpContext,
+    acquire,
+    chain_instance,
+    end_chain,
+    enter_stream,
+    release,
+)
 
-__all__ = ["run_op", "run_chain", "sample", "take_rows", "batch_to_list", "assemble_stream",
-           "on_host", "result_buffer"]
+__all__ = [
+    "assemble_stream",
+    "batch_to_list",
+    "on_host",
+    "result_buffer",
+    "run_chain",
+    "run_op",
+    "sample",
+    "take_rows",
+]
 
 
 def take_rows(pieces: Sequence) -> Batch:

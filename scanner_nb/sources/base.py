@@ -38,8 +38,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Source", "Payload", "DEFAULT_ROWS", "MIN_ROWS", "FRAME_PARTITION_BYTES",
-           "default_rows", "memory_partitions", "frame_partition_rows"]
+__all__ = [
+    "DEFAULT_ROWS",
+    "FRAME_PARTITION_BYTES",
+    "MIN_ROWS",
+    "Payload",
+    "Source",
+    "default_rows",
+    "frame_partition_rows",
+    "memory_partitions",
+]
 
 #: Rows per partition when neither the client nor a source says otherwise: frames are sized
 #: to about 64 MiB a partition, other elements to 4,096 rows (see README, "Partitions").
