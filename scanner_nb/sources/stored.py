@@ -135,18 +135,30 @@ class NamedVideoStream(NamedStream):
     With ``path`` it reads the user's file (never written or deleted: ``delete()`` forgets only
     the library's index). Without, it names stored frames (an ``sc.io.Output`` target).
 
+    Parameters (with ``path``)
+    --------------------------
+    stream_index : int
+        Which video track of the file, counting its video tracks from 0.
+    rotate : bool
+        Frames come out as a player shows them (the display matrix: rotation, mirroring);
+        ``False`` keeps the coded orientation. ``metadata["rotation"]`` says which.
+    resize : bool
+        Where the video changes resolution, scale every frame to the first frame's size;
+        by default frames keep their own sizes (``compute()`` then gives a list).
+
     Examples
     --------
     >>> video = sp.NamedVideoStream(sc, "movie", path="movie.mp4")     # doctest: +SKIP
-    >>> len(video), video.fps                                          # doctest: +SKIP
-    (1800, 30.0)
+    >>> len(video), video.fps, video.metadata["rotation"]             # doctest: +SKIP
+    (1800, 30.0, 90)
     """
 
-    def __init__(self, sc, name: str, path: str | os.PathLike | None = None):
+    def __init__(self, sc, name: str, path: str | os.PathLike | None = None, *,
+                 stream_index: int = 0, rotate: bool = True, resize: bool = False):
         super().__init__(sc, name)
         self.path = None if path is None else os.path.abspath(os.fspath(path))
-        self._file = None if path is None else VideoFileSource(self.name, self.path,
-                                                                sc.index_cache_dir)
+        self._file = None if path is None else VideoFileSource(
+            self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize)
 
     @property
     def type_name(self) -> str:
@@ -156,6 +168,11 @@ class NamedVideoStream(NamedStream):
     def index(self):
         """The video file's index (frame timestamps and keyframes)."""
         return self._file.index
+
+    @property
+    def metadata(self) -> dict:
+        """The video file's metadata: size, ``rotation``, ``hflip``, fps, frames, codec, ..."""
+        return self._file.metadata
 
     def exists(self) -> bool:
         return os.path.exists(self.path) if self._file is not None else super().exists()
@@ -167,7 +184,10 @@ class NamedVideoStream(NamedStream):
         if self._file is None:
             return super().load(rows)
         wanted = np.arange(len(self)) if rows is None else np.asarray(list(rows), dtype=np.int64)
-        return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        if rows is not None or not len(wanted):
+            return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        return (f for start in range(0, len(wanted), 64)  # bounded memory: a piece at a time
+                for f in self._file.read(wanted[start:start + 64]))
 
     def delete(self) -> None:
         if self._file is None:
@@ -206,9 +226,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
-        frames = (f for start in range(0, len(self), 64)
-                  for f in self._file.read(np.arange(start, min(start + 64, len(self)))))
-        encode_mp4(frames, path, fps=fps or self.fps)
+        encode_mp4(self.load(), path, fps=fps or self.fps)
         return path
 
     def __repr__(self) -> str:
