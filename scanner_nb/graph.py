@@ -92,9 +92,11 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
                 if isinstance(node, SourceNode) and s in buffers and node is root.node:
                     start = int(np.searchsorted(plan.streams[s].rows, rows[0]))
                     out = buffers[s][start:start + len(rows)]
-                    tasks[(name, s, p)] = node.sources[s].task(s, rows, out)
+                    tasks[(name, s, p)] = node.sources[s].task(
+                        s, rows, out, *_after(node.sources[s], name, s, p, sp.parts))
                 elif isinstance(node, SourceNode):
-                    tasks[(name, s, p)] = _source_task(node.sources[s], s, rows)
+                    tasks[(name, s, p)] = _source_task(node.sources[s], s, rows,
+                                                       _after(node.sources[s], name, s, p, sp.parts))
                 elif isinstance(node, OpNode):
                     _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key,
                               work_packet)
@@ -141,10 +143,23 @@ def _result_buffers(root: Ref, plans) -> dict[int, np.ndarray]:
     return buffers
 
 
-def _source_task(source, stream: int, rows: np.ndarray) -> tuple:
+def _source_task(source, stream: int, rows: np.ndarray, after: tuple = ()) -> tuple:
     if hasattr(source, "task"):
-        return source.task(stream, rows)
+        return source.task(stream, rows, *((None, *after) if after else ()))
     return (runtime.read_source, source, stream, rows)
+
+
+def _after(source, name: str, stream: int, part: int, parts) -> tuple:
+    """``(key,)`` of the partition this one continues when the source says it does, else ``()``.
+
+    A video source cuts a long group of pictures into pieces that one decoder reads in order
+    (``source.follows(previous_rows, rows)``); depending on the previous piece makes them run
+    in that order, on the worker holding the decoder, while pieces of other GOPs run in parallel.
+    """
+    follows = getattr(source, "follows", None)
+    if part and follows is not None and follows(parts[part - 1], parts[part]):
+        return ((name, stream, part - 1),)
+    return ()
 
 
 def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key,

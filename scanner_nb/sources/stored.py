@@ -212,10 +212,15 @@ class NamedVideoStream(NamedStream):
     def frame_shape(self) -> tuple[int, int, int] | None:
         return self._file.frame_shape if self._file is not None else None
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
+             after: tuple | None = None) -> tuple:
         if self._file is None:
             return super().task(stream, rows)
-        return self._file.task(stream, rows, out)
+        return self._file.task(stream, rows, out, after)
+
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition `rows` continues the GOP `previous` ends in (video files only)."""
+        return self._file is not None and self._file.follows(previous, rows)
 
     @property
     def fps(self) -> float:

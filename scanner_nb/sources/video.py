@@ -15,8 +15,12 @@ from ..types import Batch
 __all__ = ["VideoFileSource"]
 
 
-def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, options=None) -> Batch:
-    """Decode a partition's frames (into ``out``, a slice of the result, when given)."""
+def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, options=None,
+                after=None) -> Batch:
+    """Decode a partition's frames (into ``out``, a slice of the result, when given).
+
+    ``after`` is the previous piece of the same GOP (a dependency only: it orders the reads).
+    """
     from ..video import read_frames
 
     try:
@@ -90,8 +94,18 @@ class VideoFileSource:
                                                                             index.height)
         return (height, width, 3)
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
-        return (_read_video, self.index, self.name, stream, rows, out, self.options)
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition `rows` continues the GOP partition `previous` ends in.
+
+        Such pieces of a long GOP are read in order, each continuing the decoder the previous
+        one left there (see :func:`~scanner_nb.video.plan_partitions`).
+        """
+        return self.index.keyframe_at_or_before(int(rows[0])) <= int(previous[-1])
+
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
+             after: tuple | None = None) -> tuple:
+        """The read task; ``after``: the key of the piece it continues (see :meth:`follows`)."""
+        return (_read_video, self.index, self.name, stream, rows, out, self.options, after)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""

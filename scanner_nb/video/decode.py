@@ -98,7 +98,6 @@ class _Reader:
         self.taint: int | None = None
         self.count: int | None = None  # next row by counting (``by_order`` files)
         self.last_used = 0
-        self.end = -1  # the last row of the read in progress (the pool chains on it)
         self.convert = Converter()
         self._open()
 
@@ -286,63 +285,44 @@ class _Reader:
 
 
 class _ReaderPool:
-    """Open readers per file, each lent to one thread at a time; at most a few per file.
-
-    A request that a busy reader will be able to continue without seeking (the next piece of
-    the GOP that reader is decoding) waits for it rather than decoding the GOP's prefix again:
-    the pieces of one long GOP form a chain, pieces of different GOPs decode in parallel.
-    """
+    """Open readers per file, each lent to one thread at a time; at most a few per file."""
 
     def __init__(self) -> None:
         self.forget()
 
-    def acquire(self, index: VideoIndex, first_row: int, last_row: int, threaded: bool) -> _Reader:
+    def acquire(self, index: VideoIndex, first_row: int, threaded: bool) -> _Reader:
         key = (index._key, threaded)
-        gop = index.keyframe_at_or_before(first_row)
         with self.cond:
             while True:
                 idle = self.idle.get(key, [])
                 ready = [r for r in idle if not r.needs_seek(first_row)]
-                if not ready and any(r.end < first_row and r.end >= gop
-                                     for r in self.busy.get(key, ())):
-                    self.cond.wait()  # the reader decoding this GOP continues to first_row
-                    continue
-                if idle:
-                    reader = max(ready or idle, key=lambda r: r.pos if r.pos is not None else -1)
+                if ready or (idle and self.count[key] >= _MAX_READERS_PER_FILE):
+                    # a reader that reaches the row without seeking, closest first (the next
+                    # piece of a GOP continues its reader); else, rather than take a reader
+                    # another piece may continue, a new one, and at the limit the idlest
+                    reader = (max(ready, key=lambda r: r.pos) if ready
+                              else min(idle, key=lambda r: r.last_used))
                     idle.remove(reader)
                     if not idle:
                         del self.idle[key]
                     reader.index = index  # same file, same key: an equal index
-                    break
+                    return reader
                 if self.count[key] < _MAX_READERS_PER_FILE:
                     self.count[key] += 1
-                    reader = None
                     break
                 self.cond.wait()
-            if reader is not None:
-                reader.end = last_row
-                self.busy.setdefault(key, []).append(reader)
-                return reader
         try:
-            reader = _Reader(index, threaded)
+            return _Reader(index, threaded)
         except BaseException:
             with self.cond:
                 self.count[key] -= 1
-                self.cond.notify_all()
+                self.cond.notify()
             raise
-        with self.cond:
-            reader.end = last_row
-            self.busy.setdefault(key, []).append(reader)
-        return reader
 
     def release(self, reader: _Reader, keep: bool) -> None:
         key = (reader.index._key, reader.threaded)
         to_close: list[_Reader] = []
         with self.cond:
-            busy = self.busy.get(key, [])
-            if reader in busy:
-                busy.remove(reader)
-            reader.end = -1
             self.clock += 1
             reader.last_used = self.clock
             if keep:
@@ -372,7 +352,6 @@ class _ReaderPool:
     def forget(self) -> None:  # in a forked child: the parent's readers are not ours to use
         self.cond = threading.Condition()
         self.idle: dict[tuple, list[_Reader]] = {}
-        self.busy: dict[tuple, list[_Reader]] = {}
         self.count: collections.Counter[tuple] = collections.Counter()
         self.clock = 0
 
@@ -393,7 +372,7 @@ def close_readers(path: str | os.PathLike | None = None) -> None:
 
 def _read(index: VideoIndex, rows: np.ndarray, target: np.ndarray, rotate: bool,
           resize: bool, threaded: bool) -> dict[int, np.ndarray]:
-    reader = _pool.acquire(index, int(rows[0]), int(rows[-1]), threaded)
+    reader = _pool.acquire(index, int(rows[0]), threaded)
     keep = False
     try:
         odd = reader.read(rows, target, rotate, resize)
