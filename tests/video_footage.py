@@ -84,7 +84,7 @@ def duplicated_timestamps(folder: str) -> str:
     base = make_video(os.path.join(folder, "dup-base.mp4"), n_frames=60, width=64, height=48,
                       gop=10)
     out = os.path.join(folder, "duplicated.mkv")
-    ffmpeg("-i", base, "-c", "copy", "-bsf:v", "setts=pts=2*trunc(PTS/2):dts=2*trunc(DTS/2)",
+    ffmpeg("-i", base, "-c", "copy", "-bsf:v", "setts=ts=24*trunc(N/2)",
            out)
     return out
 
@@ -105,14 +105,15 @@ def two_tracks(folder: str) -> str:
 
 
 def plain_decode(path: str, track: int = 0, threads: bool = False) -> list:
-    """Every frame of a video track as ``(rgb array, corrupt flag)``, decoded in order."""
+    """Every frame of a video track as ``(rgb array, corrupt flag, keyframe flag)``, in order."""
     out = []
     with av.open(path) as c:
         stream = c.streams.video[track]
         stream.thread_type = "AUTO" if threads else "NONE"
         try:
             for frame in c.decode(stream):
-                out.append((frame.to_ndarray(format="rgb24"), bool(frame.is_corrupt)))
+                out.append((frame.to_ndarray(format="rgb24"), bool(frame.is_corrupt),
+                            bool(frame.key_frame)))
         except av.FFmpegError:
             pass
     return out
