@@ -244,9 +244,9 @@ class _Reader:
                             attempt += 1
                             self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
                             continue
-                        after = "" if last is None else f" after row {last}"
-                        self._fail(target, f"the decoder gives no frame{after} (the file is "
-                                           f"truncated or corrupt)")
+                        first_bad = keyframe if last is None else last + 1
+                        self._fail(target, f"the decoder gives no frame from row {first_bad} "
+                                           f"on (the file is truncated or corrupt)")
                     decoded += 1
                     r = self._row_of(frame)
                     if r is None:

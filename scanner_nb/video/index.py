@@ -433,6 +433,7 @@ def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
         time_base = stream.time_base
         nominal = stream.average_rate or stream.guessed_rate or stream.base_rate
         stream_index = stream.index
+        fmt = container.format.name
     if not width or not height:
         raise VideoError(f"{path!r}: the video track has no frame size (unsupported codec?)")
     if time_base is None:
@@ -445,6 +446,8 @@ def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
         path,
     )
     by_order = rows["by_order"]
+    if damaged or fmt in _UNINDEXED_FORMATS:  # the tail may hold frames that cannot decode
+        rows = _decodable(path, track, rows)
     rotation, hflip = _display_orientation(path, track)
     fps = (float(nominal) if by_order and nominal
            else _average_fps(rows["pts"], Fraction(time_base), nominal))
@@ -453,6 +456,41 @@ def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
         codec=str(codec), size=st.st_size, mtime_ns=st.st_mtime_ns,
         stream_index=int(stream_index), rotation=rotation, hflip=hflip, damaged=damaged, **rows,
     )
+
+
+#: Formats with no index of their frames: a cut-off file there looks whole to the demuxer.
+_UNINDEXED_FORMATS = {"mpegts", "h264", "hevc", "mpegvideo", "m4v", "mpeg"}
+
+
+def _decodable(path: str, track: int, rows: dict[str, Any]) -> dict[str, Any]:
+    """``rows`` cut before the first frame of the last GOP that the decoder does not give.
+
+    Decodes the last two GOPs single-threaded (seeking lands at or before the last keyframe),
+    so that ``len()`` counts the frames of a file cut off mid-GOP that decode. Where that
+    cannot be told (timestamps shared, or the seek went wrong) the rows stay as they are.
+    """
+    pts, keyframes = rows["pts"], rows["keyframes"]
+    if rows["by_order"]:
+        return rows
+    last_key = int(keyframes[-1])
+    start = int(keyframes[-2]) if len(keyframes) > 1 else 0
+    seen: list[int] = []
+    try:
+        with open_container(path) as container:
+            stream = video_track(container, path, track)
+            stream.thread_type = "NONE"
+            if start:
+                container.seek(int(pts[start]), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    seen.append(int(frame.pts))
+    except (VideoError, *AV_ERRORS):
+        pass  # what decoded before the error counts
+    got = np.isin(pts[last_key:], np.asarray(seen, dtype=np.int64))
+    if not got[0] or got.all():
+        return rows
+    n = last_key + int(np.argmin(got))
+    return dict(rows, pts=pts[:n])
 
 
 def _rows_from_packets(pts: np.ndarray, keys: np.ndarray, discard: np.ndarray,
