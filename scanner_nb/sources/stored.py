@@ -213,7 +213,7 @@ class NamedVideoStream(NamedStream):
         return self._file.frame_shape if self._file is not None else None
 
     def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
-             after: tuple | None = None) -> tuple:
+             after: list | None = None) -> tuple:
         if self._file is None:
             return super().task(stream, rows)
         return self._file.task(stream, rows, out, after)

@@ -19,7 +19,8 @@ def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, optio
                 after=None) -> Batch:
     """Decode a partition's frames (into ``out``, a slice of the result, when given).
 
-    ``after`` is the previous piece of the same GOP (a dependency only: it orders the reads).
+    ``after``: tasks this piece waits for (the consumers of the previous piece of its GOP; see
+    ``graph._chain_pieces``), a dependency only: it orders the reads.
     """
     from ..video import read_frames
 
@@ -103,8 +104,8 @@ class VideoFileSource:
         return self.index.keyframe_at_or_before(int(rows[0])) <= int(previous[-1])
 
     def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
-             after: tuple | None = None) -> tuple:
-        """The read task; ``after``: the key of the piece it continues (see :meth:`follows`)."""
+             after: list | None = None) -> tuple:
+        """The read task; ``after``: keys of tasks to run first (see :meth:`follows`)."""
         return (_read_video, self.index, self.name, stream, rows, out, self.options, after)
 
     def forget(self) -> None:

@@ -128,6 +128,10 @@ class _Reader:
 
     # -- positioning ----------------------------------------------------------------------
 
+    def spent(self) -> bool:
+        """Whether no read continues this reader mid-GOP (unpositioned, at a keyframe, at the end)."""
+        return self.pos is None or self.pos >= len(self.index) or self.index.is_keyframe(self.pos)
+
     def needs_seek(self, row: int) -> bool:
         """Whether reaching `row` needs a seek, rather than decoding forward."""
         if self.pos is None or row < self.pos:
@@ -299,9 +303,10 @@ class _ReaderPool:
                 if ready or (idle and self.count[key] >= _MAX_READERS_PER_FILE):
                     # a reader that reaches the row without seeking, closest first (the next
                     # piece of a GOP continues its reader); else, rather than take a reader
-                    # another piece may continue, a new one, and at the limit the idlest
+                    # another piece may continue, a new one; at the limit one that stands at
+                    # no GOP's middle, else the idlest
                     reader = (max(ready, key=lambda r: r.pos) if ready
-                              else min(idle, key=lambda r: r.last_used))
+                              else min(idle, key=lambda r: (not r.spent(), r.last_used)))
                     idle.remove(reader)
                     if not idle:
                         del self.idle[key]
