@@ -426,7 +426,6 @@ def _bench_index(path: str, n: int, minutes: int, cache: str, folder: str, repea
 def memory_child(path: str, mode: str, db: str) -> None:
     """Run one case in this (fresh) process and print its peak RSS as JSON."""
     import resource
-    from typing import Any
 
     @sp.register_python_op()
     def bench_frame_mean(config, frame: sp.FrameType) -> Any:

@@ -171,7 +171,7 @@ def _chain_pieces(layers: dict[str, dict], pieces_of: dict) -> None:
         return
     watched = {(n, s, p - 1) for n, s, p in pieces_of} | set(pieces_of)
     consumers: dict[tuple, list] = {}
-    for layer, tasks in layers.items():
+    for tasks in layers.values():
         for key, task in tasks.items():
             used = _keys_in(task, watched)
             if not used or key in watched:

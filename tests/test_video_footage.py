@@ -16,9 +16,9 @@ import subprocess
 
 import numpy as np
 import pytest
+import video_footage as vf
 
 import scanner_nb as sp
-import video_footage as vf
 from scanner_nb import video
 from scanner_nb.errors import VideoError
 

@@ -187,9 +187,9 @@ class _Reader:
             if packet is None:
                 self.packets = None
                 return None
-            if self.index.by_order and self.count is None and packet.size:
-                if not self._landed(packet):
-                    continue
+            if (self.index.by_order and self.count is None and packet.size
+                    and not self._landed(packet)):
+                continue
             self.pending.extend(self.stream.codec_context.decode(packet))
         return self.pending.popleft()
 

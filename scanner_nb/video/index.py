@@ -248,7 +248,7 @@ def _orientation(matrix: np.ndarray) -> tuple[int, bool]:
     if hflip:  # undo FFmpeg's av_display_matrix_flip(hflip): it negates the first column
         a, c = -a, -c
     degrees = math.degrees(math.atan2(c, a))  # av_display_rotation_set: [cos -sin; sin cos]
-    return int(round(degrees / 90)) % 4 * 90, hflip
+    return round(degrees / 90) % 4 * 90, hflip
 
 
 def _stat(path: str) -> os.stat_result:
