@@ -424,9 +424,7 @@ def _bench_index(path: str, n: int, minutes: int, cache: str, folder: str, repea
 
 
 def memory_child(path: str, mode: str, db: str) -> None:
-    """Run one case in this (fresh) process and print its peak RSS as JSON."""
-    import resource
-
+    """Run one case in this (fresh) process and print its peak RSS as JSON (Linux)."""
     @sp.register_python_op()
     def bench_frame_mean(config, frame: sp.FrameType) -> Any:
         return float(frame.mean())
@@ -442,7 +440,9 @@ def memory_child(path: str, mode: str, db: str) -> None:
         sc.run(sc.io.Output(means, [sp.NamedStream(sc, "means")]),
                cache_mode=sp.CacheMode.Overwrite, show_progress=False)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process's own peak (ru_maxrss would keep the parent's peak across exec)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     print(json.dumps({"peak": peak, "seconds": seconds, "frames": len(video_stream)}))
 
 
