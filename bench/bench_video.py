@@ -454,7 +454,7 @@ def _memory_case(path: str, mode: str, db: str) -> dict:
 
 def bench_memory(folder: str, quick: bool) -> None:
     n = 300 if quick else 750
-    cases = [(n, 250), (n, 25)] + ([] if quick else [(n // 3, 250)])
+    cases = [(n, 250), (n, 25), (n // 3, 250)]
     peaks = []
     for frames, gop in cases:
         path = clip(folder, frames, 1920, 1080, gop=gop)
