@@ -52,6 +52,7 @@ class NamedStream:
         self.name = validate_name(name)
         self.token = uuid.uuid4().hex
         self._manifest: dict | None = None
+        self._held = None
 
     @property
     def label(self) -> str:
@@ -63,9 +64,21 @@ class NamedStream:
         return self._client.db
 
     def manifest(self) -> dict:
-        """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent."""
-        self._manifest = self.db.manifest(self.name)
-        return self._manifest
+        """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent.
+
+        The version it names stays on disk while this handle lives (in this process)."""
+        manifest = self.db.manifest(self.name)
+        if self._manifest is None or manifest["version"] != self._manifest["version"]:
+            self.forget()
+            self._held = self.db.hold(self.name, manifest, self)
+        self._manifest = manifest
+        return manifest
+
+    def forget(self) -> None:
+        """Drop the cached manifest (and this handle's hold on its version)."""
+        if self._held is not None:
+            self._held()
+        self._manifest = self._held = None
 
     @property
     def type_name(self) -> str:
@@ -88,12 +101,14 @@ class NamedStream:
 
     def delete(self) -> None:
         """Remove the stored stream."""
+        self.forget()
         self.db.delete(self.name)
-        self._manifest = None
 
     @property
     def zarr_path(self) -> str:
-        """Where a frame stream's Zarr array is (``zarr.open``, ``dask.array.from_zarr``, napari)."""
+        """The Zarr group of a stream stored losslessly (``stream.lossless()``), for
+        ``xarray.open_zarr(path)``, ``zarr.open(path)["frames"]`` or
+        ``dask.array.from_zarr(path, component="frames")``."""
         return self.db.zarr_path(self.name)
 
     def check_input(self) -> None:
