@@ -163,6 +163,7 @@ def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, sessio
     names: dict[Node, str] = {}
     layers: dict[str, object] = {}
     deps: dict[str, set] = {}
+    pieces_of: dict[tuple, tuple] = {}  # reads that continue the previous one's decoder
 
     def key(ref: Ref, stream: int, part: int):
         name = names[ref.node]
@@ -180,7 +181,7 @@ def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, sessio
                         else f"{names[ref.node]}-out{ref.output}" for ref in node.inputs}
         if isinstance(node, SourceNode):
             _source_tasks(node, name, plan, tasks, layers, deps, dependencies,
-                          in_place and id(node) in roots)
+                          in_place and id(node) in roots, pieces_of)
         elif isinstance(node, OpNode):
             shared = any(plans[ref.node].shared for ref in node.inputs)
             _op_tasks(node, name, plan, tasks, layers, deps, dependencies, pieces, session,
@@ -199,12 +200,14 @@ def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, sessio
                                     for s, sp in plan.streams.items()
                                     for p in range(len(sp.parts))}
                 deps[out_name] = {name}
+    _chain_pieces(layers, pieces_of)
     return layers, deps, plans, key
 
 
 def _source_tasks(node: SourceNode, name: str, plan: NodePlan, tasks: dict, layers: dict,
-                  deps: dict, dependencies: set, in_place: bool) -> None:
-    """Read tasks; a source's shared data (a video's index) is one key they all depend on."""
+                  deps: dict, dependencies: set, in_place: bool, pieces_of: dict) -> None:
+    """Read tasks; a source's shared data (a video's index) is one key they all depend on.
+    Partitions that continue the previous one's reader are noted in ``pieces_of``."""
     for s, sp in plan.streams.items():
         source = node.sources[s]
         shape = source.frame_shape if in_place else None
@@ -226,6 +229,56 @@ def _source_tasks(node: SourceNode, name: str, plan: NodePlan, tasks: dict, laye
             out = None if buffer is None else buffer[start:start + len(rows)]
             start += len(rows)
             tasks[(name, s, p)] = source.read_task(s, rows, shared_key, out)
+            if p and source.follows(sp.parts[p - 1], rows):
+                pieces_of[(name, s, p)] = (source, rows, shared_key, out)
+
+
+def _chain_pieces(layers: dict, pieces_of: dict) -> None:
+    """Make each piece of a long group of pictures wait for the previous piece's consumers.
+
+    A video source cuts a long GOP into pieces that one decoder reads in order, each continuing
+    where the previous one stopped. Reading piece ``k + 1`` only after the tasks that consume
+    piece ``k`` (and no later piece) keeps the pieces in order, on the worker holding the
+    decoder, and keeps memory to a few pieces: decoding does not run ahead of the ops. Pieces
+    of different GOPs run in parallel. Without such consumers, it waits for piece ``k``.
+    """
+    if not pieces_of:
+        return
+    watched = {(n, s, p - 1) for n, s, p in pieces_of} | set(pieces_of)
+    consumers: dict[tuple, list] = {}
+    for tasks in layers.values():
+        for key, task in tasks.items():
+            used = _keys_in(task, watched)
+            if not used or key in watched:
+                continue
+            for piece in used:
+                later = any(u[0] == piece[0] and u[1] == piece[1] and u[2] > piece[2]
+                            for u in used)
+                if not later:
+                    consumers.setdefault(piece, []).append(key)
+    for (name, stream, part), (source, rows, shared_key, out) in pieces_of.items():
+        previous = (name, stream, part - 1)
+        after = consumers.get(previous) or [previous]
+        layers[name][(name, stream, part)] = source.read_task(stream, rows, shared_key, out,
+                                                              after)
+
+
+def _keys_in(task, keys: set) -> set:
+    """Which of ``keys`` a task refers to (anywhere in its arguments)."""
+    found = set()
+    stack = [task]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+            try:
+                if item in keys:
+                    found.add(item)
+                    continue
+            except TypeError:  # holds something unhashable: not a key
+                pass
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+    return found
 
 
 def _op_tasks(node: OpNode, name: str, plan: NodePlan, tasks: dict, layers: dict, deps: dict,

@@ -302,7 +302,7 @@ def show_video_html(
 
     def encode(chunks: Iterable[np.ndarray]) -> tuple[bytes, int]:
         buf = io.BytesIO()
-        n, _ = encode_mp4(chunks, buf, fps=fps, crf=crf, preset=preset)
+        n, _ = encode_mp4(chunks, buf, fps=fps, crf=crf, preset=preset, pad_odd=True)
         return buf.getvalue(), n
 
     # Probe: encode the first PROBE frames. A short clip ends here; a longer one gets the

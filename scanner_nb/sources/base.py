@@ -18,6 +18,7 @@ class; it never probes them with ``getattr``/``hasattr``. A source is one stream
 ``shared()``      data every read task needs (a video's index), put in the graph ONCE as its
                   own key, or ``None``
 ``read_task()``   the Dask task that reads one partition into a :class:`~scanner_nb.types.Batch`
+``follows()``     whether a partition continues the previous one's reader (ordered reads)
 ``layers()``      extra graph layers the read tasks depend on (persisted partitions)
 ``read()``        the elements at rows, here and now (``load()``, tests)
 ================  ====================================================================
@@ -148,14 +149,20 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def read_task(self, stream: int, rows: np.ndarray, shared: Any,
-                  out: np.ndarray | None = None) -> tuple:
+                  out: np.ndarray | None = None, after: list | None = None) -> tuple:
         """A Dask task reading ``rows`` into a Batch of stream index ``stream``.
 
         ``shared`` is the graph key holding :meth:`shared` (``None`` when it returned ``None``);
         put it in the task as an argument and Dask passes its value. ``out``, given only for
         frame sources with a ``frame_shape`` computed on local threads, is the slice of the
-        result array to read the frames into (no final concatenation).
+        result array to read the frames into (no final concatenation). ``after``, given only
+        where :meth:`follows` said so, lists keys the read must wait for (put them in the task).
         """
+
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition ``rows`` continues the reader partition ``previous`` left (a long
+        group of pictures cut in pieces): the graph then orders such reads (``after``)."""
+        return False
 
     def layers(self) -> dict[str, dict]:
         """Graph layers (name -> tasks) the read tasks depend on (persisted partitions)."""

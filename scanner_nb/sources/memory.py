@@ -85,7 +85,8 @@ class ListSource(Source):
                 partition_size = min(partition_size, frame_partition_rows(self.frame_bytes))
         return memory_partitions(rows, partition_size)
 
-    def read_task(self, stream: int, rows: np.ndarray, shared: Any, out=None) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared: Any, out=None,
+                  after=None) -> tuple:
         """The read task with the partition's elements inside it, so a cluster ships only those."""
         return (_read_memory, stream, rows,
                 Payload(Batch(stream, rows, self.read(rows), None, self.type_name)), out)

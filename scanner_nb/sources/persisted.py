@@ -56,7 +56,8 @@ class PersistedSource(Source):
     def layers(self) -> dict[str, dict]:
         return {self.token: {k: self.graph[k] for k in self.keys}}
 
-    def read_task(self, stream: int, rows: np.ndarray, shared: Any, out=None) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared: Any, out=None,
+                  after=None) -> tuple:
         where = np.searchsorted(self._starts, rows, side="right") - 1
         pieces = [[self.keys[q], np.searchsorted(self.parts[q], rows[where == q])]
                   for q in np.unique(where).tolist()]

@@ -55,11 +55,6 @@ class NamedStream(Source):
         self._held = None
 
     @property
-    def token(self) -> str:
-        """The stored version's identity (its manifest)."""
-        return f"stored-{self.name}-{tokenize(self._manifest or self.manifest())}"
-
-    @property
     def label(self) -> str:
         return f"{type(self).__name__} {self.name!r}"
 
@@ -116,6 +111,12 @@ class NamedStream(Source):
         ``dask.array.from_zarr(path, component="frames")``."""
         return self.db.zarr_path(self.name)
 
+    @property
+    def token(self) -> str:
+        """The stored version's identity."""
+        manifest = self._manifest or self.manifest()
+        return f"stored-{self.name}-{manifest.get('version') or tokenize(manifest)}"
+
     def check(self) -> None:
         self.manifest()
 
@@ -132,8 +133,18 @@ class NamedStream(Source):
     def shared(self):
         return self._manifest or self.manifest()
 
-    def read_task(self, stream: int, rows: np.ndarray, shared, out=None) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
         return (_read_stored, self.db, self.name, shared, stream, rows)
+
+    @property
+    def frame_shape(self) -> tuple | None:
+        frame = (self._manifest or self.manifest()).get("frame") or {}
+        return tuple(frame["shape"]) if frame.get("shape") else None
+
+    @property
+    def frame_bytes(self) -> int | None:
+        shape = self.frame_shape
+        return None if shape is None else int(np.prod(shape))
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
         """Encode a stored frame stream to an H.264 mp4 at exactly ``path``."""
@@ -148,16 +159,6 @@ class NamedStream(Source):
     def fps(self) -> float:
         return float((self._manifest or self.manifest()).get("fps") or 24.0)
 
-    @property
-    def frame_bytes(self) -> int | None:
-        shape = self.frame_shape
-        return None if shape is None else int(np.prod(shape))
-
-    @property
-    def frame_shape(self) -> tuple | None:
-        frame = (self._manifest or self.manifest()).get("frame") or {}
-        return tuple(frame["shape"]) if frame.get("shape") else None
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -168,18 +169,30 @@ class NamedVideoStream(NamedStream):
     With ``path`` it reads the user's file (never written or deleted: ``delete()`` forgets only
     the library's index). Without, it names stored frames (an ``sc.io.Output`` target).
 
+    Parameters (with ``path``)
+    --------------------------
+    stream_index : int
+        Which video track of the file, counting its video tracks from 0.
+    rotate : bool
+        Frames come out as a player shows them (the display matrix: rotation, mirroring);
+        ``False`` keeps the coded orientation. ``metadata["rotation"]`` says which.
+    resize : bool
+        Where the video changes resolution, scale every frame to the first frame's size;
+        by default frames keep their own sizes (``compute()`` then gives a list).
+
     Examples
     --------
     >>> video = sp.NamedVideoStream(sc, "movie", path="movie.mp4")     # doctest: +SKIP
-    >>> len(video), video.fps                                          # doctest: +SKIP
-    (1800, 30.0)
+    >>> len(video), video.fps, video.metadata["rotation"]             # doctest: +SKIP
+    (1800, 30.0, 90)
     """
 
-    def __init__(self, sc, name: str, path: str | os.PathLike | None = None):
+    def __init__(self, sc, name: str, path: str | os.PathLike | None = None, *,
+                 stream_index: int = 0, rotate: bool = True, resize: bool = False):
         super().__init__(sc, name)
         self.path = None if path is None else os.path.abspath(os.fspath(path))
-        self._file = None if path is None else VideoFileSource(self.name, self.path,
-                                                                sc.index_cache_dir)
+        self._file = None if path is None else VideoFileSource(
+            self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize)
 
     @property
     def type_name(self) -> str:
@@ -189,6 +202,11 @@ class NamedVideoStream(NamedStream):
     def index(self):
         """The video file's index (frame timestamps and keyframes)."""
         return self._file.index
+
+    @property
+    def metadata(self) -> dict:
+        """The video file's metadata: size, ``rotation``, ``hflip``, fps, frames, codec, ..."""
+        return self._file.metadata
 
     def exists(self) -> bool:
         return os.path.exists(self.path) if self._file is not None else super().exists()
@@ -200,7 +218,10 @@ class NamedVideoStream(NamedStream):
         if self._file is None:
             return super().load(rows)
         wanted = np.arange(len(self)) if rows is None else np.asarray(list(rows), dtype=np.int64)
-        return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        if rows is not None or not len(wanted):
+            return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        return (f for start in range(0, len(wanted), 64)  # bounded memory: a piece at a time
+                for f in self._file.read(wanted[start:start + 64]))
 
     def delete(self) -> None:
         if self._file is None:
@@ -236,10 +257,14 @@ class NamedVideoStream(NamedStream):
     def shared(self):
         return self._file.shared() if self._file is not None else super().shared()
 
-    def read_task(self, stream: int, rows: np.ndarray, shared, out=None) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
         if self._file is None:
             return super().read_task(stream, rows, shared)
-        return self._file.read_task(stream, rows, shared, out)
+        return self._file.read_task(stream, rows, shared, out, after)
+
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition `rows` continues the GOP `previous` ends in (video files only)."""
+        return self._file is not None and self._file.follows(previous, rows)
 
     @property
     def fps(self) -> float:
@@ -250,9 +275,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
-        frames = (f for start in range(0, len(self), 64)
-                  for f in self._file.read(np.arange(start, min(start + 64, len(self)))))
-        encode_mp4(frames, path, fps=fps or self.fps)
+        encode_mp4(self.load(), path, fps=fps or self.fps)
         return path
 
     def __repr__(self) -> str:
