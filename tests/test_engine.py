@@ -10,6 +10,7 @@ import dask
 import numpy as np
 import pytest
 from conftest import calls_in
+from engine_ops import Counting, Summing
 
 import scanner_nb as sp
 
@@ -25,32 +26,14 @@ def window(config, x: Sequence[Any]) -> Any:
 
 
 @sp.register_python_op(bounded_state=3)
-class Counter(sp.Kernel):
-    def __init__(self, config):
-        self.n = 0
-
-    def reset(self):
-        self.n = 0
-
-    def execute(self, x: Any) -> Any:
-        self.n += 1
-        return self.n - 1
+class Counter(Counting):
+    pass
 
 
 @sp.register_python_op(unbounded_state=True)
-class RunningSum(sp.Kernel):
-    def __init__(self, config):
-        self.total = 0
-
+class RunningSum(Summing):
     def new_stream(self, start):
         self.start = start
-
-    def reset(self):
-        self.total = self.start
-
-    def execute(self, x: Any) -> Any:
-        self.total += x
-        return self.total
 
 
 @sp.register_python_op(batch=4)

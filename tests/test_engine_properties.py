@@ -17,6 +17,7 @@ from typing import Any
 
 import dask
 import engine_reference as ref
+from engine_ops import Summing
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -79,16 +80,8 @@ for _k in range(7):  # module attributes, so that workers find them by name
 
 
 @sp.register_python_op(unbounded_state=True)
-class PropRunning(sp.Kernel):
-    def __init__(self, config):
-        self.total = 0
-
-    def reset(self):
-        self.total = 0
-
-    def execute(self, x: Any) -> Any:
-        self.total += x
-        return self.total
+class PropRunning(Summing):
+    pass
 
 
 @dataclass

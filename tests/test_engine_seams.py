@@ -15,6 +15,7 @@ import dask
 import numpy as np
 import pytest
 from conftest import calls_in
+from engine_ops import Counting
 
 import scanner_nb as sp
 from scanner_nb.plan import OpNode
@@ -43,16 +44,8 @@ def seam_previous(config, x: Sequence[Any]) -> Any:
 
 
 @sp.register_python_op(bounded_state=0)
-class SeamCounter0(sp.Kernel):
-    def __init__(self, config):
-        self.n = 0
-
-    def reset(self):
-        self.n = 0
-
-    def execute(self, x: Any) -> Any:
-        self.n += 1
-        return self.n - 1
+class SeamCounter0(Counting):
+    pass
 
 
 @sp.register_python_op(unbounded_state=True)
