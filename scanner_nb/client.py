@@ -313,7 +313,7 @@ class _IO:
             raise ScannerTypeError(f"sc.io.Input streams must share one element type, got {sorted(types)}")
         for s in sources:
             s.check()
-        return Stream(self._client, Ref(SourceNode(list(sources))))
+        return Stream(self._client, Ref(SourceNode([s.fixed() for s in sources])))
 
     def Output(self, stream: Stream, targets: Sequence):
         """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream)."""

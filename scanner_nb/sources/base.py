@@ -14,6 +14,7 @@ class; it never probes them with ``getattr``/``hasattr``. A source is one stream
 ``frame_bytes``   bytes of one frame (frame sources), or ``None``: sizes default partitions
 ``frame_shape``   ``(H, W, C)`` when every frame has it, or ``None``
 ``check()``       validate now (at ``sc.io.Input``), so a bad input fails at the call
+``fixed()``       the source a plan keeps: itself, or a stored stream fixed at its version
 ``partition()``   split sorted needed rows into partitions (a video aligns them to keyframes)
 ``shared()``      data every read task needs (a video's index), put in the graph ONCE as its
                   own key, or ``None``
@@ -138,6 +139,12 @@ class Source(abc.ABC):
 
     def check(self) -> None:
         """Validate the input now (``sc.io.Input`` calls it); raise a ScannerError if bad."""
+
+    def fixed(self) -> Source:
+        """What a plan reads from now on (``sc.io.Input`` calls it after :meth:`check`): this
+        source, or one fixed at the content it names now (a stored stream's current version),
+        so that a Stream's lengths, keys and data always come from one content."""
+        return self
 
     @abc.abstractmethod
     def partition(self, rows: np.ndarray, partition_size: int | None) -> list[np.ndarray]:

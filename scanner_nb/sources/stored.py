@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -53,6 +54,7 @@ class NamedStream(Source):
         self.name = validate_name(name)
         self._manifest: dict | None = None
         self._held = None
+        self._fixed = False
 
     @property
     def label(self) -> str:
@@ -66,13 +68,25 @@ class NamedStream(Source):
     def manifest(self) -> dict:
         """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent.
 
-        The version it names stays on disk while this handle lives (in this process)."""
+        The version it names stays on disk while this handle lives (in this process); a
+        handle from :meth:`fixed` keeps that version."""
+        if self._fixed:
+            return self._manifest
         manifest = self.db.manifest(self.name)
         if self._manifest is None or manifest["version"] != self._manifest["version"]:
             self.forget()
             self._held = self.db.hold(self.name, manifest, self)
         self._manifest = manifest
         return manifest
+
+    def fixed(self) -> NamedStream:
+        """A copy of this handle fixed at the version stored now (kept on disk while it lives):
+        a Stream built on it reads that version after an ``Overwrite``, never a mix."""
+        fixed = copy.copy(self)
+        fixed._manifest, fixed._held = None, None
+        fixed.manifest()
+        fixed._fixed = True
+        return fixed
 
     def forget(self) -> None:
         """Drop the cached manifest (and this handle's hold on its version)."""
@@ -227,6 +241,9 @@ class NamedVideoStream(NamedStream):
         if self._file is None:
             return super().delete()
         self._file.forget()
+
+    def fixed(self) -> NamedStream:
+        return self if self._file is not None else super().fixed()
 
     @property
     def token(self) -> str:
