@@ -412,6 +412,8 @@ def test_a_stream_is_read_and_overwritten_by_one_run(client):
         client.run(client.io.Output(bumped, [x]), sp.PerfParams.manual(10, 10),
                    cache_mode=sp.CacheMode.Overwrite, show_progress=False)
         assert list(x.load()) == [i + step for i in range(100)]
+    del bumped  # a Stream built on a version keeps it on disk while it lives
+    client.gc()
     assert version_dirs(client, "x") == [x.manifest()["version"]]
 
 
