@@ -345,7 +345,8 @@ def test_building_stream_operations_is_linear_in_streams():
         return (time.perf_counter() - start) / n
 
     per_stream(200)  # warm up
-    assert per_stream(4000) < 2.5 * per_stream(1000)
+    # best of three: on a loaded machine one slow build is noise, a quadratic one is 4x always
+    assert min(per_stream(4000) for _ in range(3)) < 2.5 * min(per_stream(1000) for _ in range(3))
 
 
 # 14 --------------------------------------------------------------- partition_size and estimate()
