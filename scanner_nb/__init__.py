@@ -25,7 +25,7 @@ from .errors import (
 from .kernel import Kernel, KernelConfig, register_python_op
 from .run import CacheMode, PerfParams
 from .sources import MemoryStream, NamedStream, NamedVideoStream
-from .stream import Stream
+from .stream import Stream, preview
 from .streamops import SliceList
 from .types import FrameType
 
@@ -56,6 +56,7 @@ __all__ = [
     "StreamNotFoundError",
     "VideoError",
     "VideoNotFoundError",
+    "preview",
     "register_python_op",
     "types",
 ]
