@@ -27,6 +27,9 @@ from .streamops import Partitioner, StreamOps, per_stream
 
 __all__ = ["Client"]
 
+#: Op properties a call may give (Scanner's spelling), overriding the decorator's for that call.
+CALL_PROPERTIES = ("batch", "stencil", "bounded_state", "unbounded_state", "device")
+
 
 class Client:
     """Entry point: builds graphs and runs them.
@@ -143,6 +146,11 @@ class Client:
 
     # ------------------------------------------------------------ ops
     def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
+        listed = {p.name for p in spec.stream_params} | set(spec.init_params) | set(
+            spec.config_params)
+        overrides = {k: kwargs.pop(k) for k in CALL_PROPERTIES if k in kwargs and k not in listed}
+        if overrides:  # Scanner's op properties given at the call
+            spec = spec.with_properties(overrides)
         op = spec.name
         streams: list[tuple[str, Any]] = []
         if spec.variadic:
@@ -185,7 +193,7 @@ class Client:
         for key, value in kwargs.items():
             if key in spec.config_params:
                 config_args[key] = per_stream(value, first, f"op {op!r} stream-config param {key!r}")
-            elif key in spec.init_params or spec.init_accepts_any:
+            elif key in spec.init_params or spec.init_accepts_any or spec.function is not None:
                 init_args[key] = value
             else:
                 known = [p.name for p in spec.stream_params] + list(spec.init_params) + list(

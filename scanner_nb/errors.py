@@ -7,6 +7,7 @@ that too, so ``except ValueError`` keeps working::
     ├── ScannerValueError (ValueError)         wrong value or list length
     │   └── InvalidNameError                   stored stream name with "/", "..", ...
     ├── ScannerTypeError (TypeError)           wrong kind of argument, unknown keyword
+    ├── OpNotFoundError (AttributeError)       ``sc.ops.X`` where no op X is registered
     ├── RowIndexError (IndexError)             a row outside a stream
     ├── KernelError                            a kernel raised: .op, .stream, .row
     ├── VideoError                             unreadable, corrupt or track-less video
@@ -15,6 +16,8 @@ that too, so ``except ValueError`` keeps working::
     ├── StreamExistsError                      cache mode Error and the output exists
     ├── StreamNotFoundError (KeyError)         loading a stored stream that does not exist
     └── StorageError                           db_path not writable, unknown stored type
+
+``ScannerException`` is Scanner's name for :class:`ScannerError` (the same class).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = [
     "ScannerValueError",
     "InvalidNameError",
     "ScannerTypeError",
+    "OpNotFoundError",
+    "ScannerException",
     "RowIndexError",
     "KernelError",
     "VideoError",
@@ -49,6 +54,14 @@ class InvalidNameError(ScannerValueError):
 
 class ScannerTypeError(ScannerError, TypeError):
     """A wrong kind of argument, a missing annotation or an unknown keyword."""
+
+
+class OpNotFoundError(ScannerError, AttributeError):
+    """``sc.ops.X`` where no op ``X`` is registered (the message names the module to import
+    when a built-in op has that name)."""
+
+
+ScannerException = ScannerError  # Scanner's spelling
 
 
 class RowIndexError(ScannerError, IndexError):
