@@ -12,6 +12,7 @@ that too, so ``except ValueError`` keeps working::
     ├── KernelError                            a kernel raised: .op, .stream, .row
     ├── VideoError                             unreadable, corrupt or track-less video
     │   └── VideoNotFoundError (FileNotFoundError)
+    ├── InputFileNotFoundError (FileNotFoundError)  a FilesStream / ImagesStream file is missing
     ├── DeviceUnavailableError                 a GPU-only op where no GPU is usable
     ├── StreamExistsError                      cache mode Error and the output exists
     ├── StreamNotFoundError (KeyError)         loading a stored stream that does not exist
@@ -33,6 +34,7 @@ __all__ = [
     "KernelError",
     "VideoError",
     "VideoNotFoundError",
+    "InputFileNotFoundError",
     "DeviceUnavailableError",
     "StreamExistsError",
     "StreamNotFoundError",
@@ -74,6 +76,10 @@ class VideoError(ScannerError):
 
 class VideoNotFoundError(VideoError, FileNotFoundError):
     """A video file that does not exist."""
+
+
+class InputFileNotFoundError(ScannerError, FileNotFoundError):
+    """A file of a ``FilesStream`` or ``ImagesStream`` input that does not exist."""
 
 
 class DeviceUnavailableError(ScannerError):

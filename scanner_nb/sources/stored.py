@@ -12,7 +12,32 @@ from ..errors import ScannerTypeError
 from ..types import Batch
 from .video import VideoFileSource
 
-__all__ = ["NamedStream", "NamedVideoStream"]
+__all__ = ["NamedStream", "NamedVideoStream", "StreamStorage", "mp4_path"]
+
+
+def mp4_path(path: str | os.PathLike) -> str:
+    """``path``, with ``.mp4`` added when it has no extension (as Scanner's ``save_mp4``).
+
+    Examples
+    --------
+    >>> mp4_path("out/clip"), mp4_path("clip.mov")
+    ('out/clip.mp4', 'clip.mov')
+    """
+    path = os.fspath(path)
+    return path if os.path.splitext(path)[1] else path + ".mp4"
+
+
+class StreamStorage:
+    """What ``stream.storage()`` returns, Scanner's storage backend: ``delete(sc, streams)``
+    deletes several streams at once."""
+
+    def delete(self, sc, streams) -> None:
+        """Delete each of ``streams`` (stored streams, a video's index, files)."""
+        for stream in streams:
+            stream.delete(sc)
+
+    def __repr__(self) -> str:
+        return "StreamStorage()"
 
 
 def _read_stored(db, name: str, manifest: dict, stream: int, rows: np.ndarray) -> Batch:
@@ -86,10 +111,14 @@ class NamedStream:
         """The elements, lazily; ``rows=[...]`` reads only the chunks holding them."""
         return self.db.load(self.name, rows)
 
-    def delete(self) -> None:
-        """Remove the stored stream."""
+    def delete(self, sc=None) -> None:
+        """Remove the stored stream (``sc``, Scanner's client argument, is optional)."""
         self.db.delete(self.name)
         self._manifest = None
+
+    def storage(self) -> StreamStorage:
+        """Scanner's storage backend of the stream: ``stream.storage().delete(sc, streams)``."""
+        return StreamStorage()
 
     @property
     def zarr_path(self) -> str:
@@ -113,9 +142,11 @@ class NamedStream:
         return (_read_stored, self.db, self.name, self._manifest or self.manifest(), stream, rows)
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
-        """Encode a stored frame stream to an H.264 mp4 at exactly ``path``."""
+        """Encode a stored frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has
+        no extension); returns the path written."""
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream; {self.name!r} holds {self.type_name}")
         encode_mp4((f for f in self.load() if f is not None), path, fps=fps or self.fps)
@@ -169,7 +200,7 @@ class NamedVideoStream(NamedStream):
         wanted = np.arange(len(self)) if rows is None else np.asarray(list(rows), dtype=np.int64)
         return iter(self._file.read(wanted)) if len(wanted) else iter(())
 
-    def delete(self) -> None:
+    def delete(self, sc=None) -> None:
         if self._file is None:
             return super().delete()
         self._file.forget()
@@ -206,6 +237,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         frames = (f for start in range(0, len(self), 64)
                   for f in self._file.read(np.arange(start, min(start + 64, len(self)))))
         encode_mp4(frames, path, fps=fps or self.fps)
