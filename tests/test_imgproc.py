@@ -460,9 +460,9 @@ def test_histogram_kernel(frames):
 
 def test_frame_difference_kernel(frames):
     _, kernel = make_kernel("FrameDifference")
-    np.testing.assert_array_equal(kernel.execute([frames[0], frames[1]]),
+    np.testing.assert_array_equal(kernel.execute([[frames[0], frames[1]]])[0],
                                   frame_difference(frames[0], frames[1], np))
-    assert not kernel.execute([None, frames[2]]).any()  # a null before the row
+    assert not kernel.execute([[None, frames[2]]])[0].any()  # a null before the row
 
 
 def test_module_doctests():

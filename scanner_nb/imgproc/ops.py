@@ -289,7 +289,7 @@ class Histogram(_ImageOp):
         return [one(f) for f in frame]
 
 
-@register_python_op(device_sets=_ANY_DEVICE, stencil=[-1, 0])
+@register_python_op(device_sets=_ANY_DEVICE, stencil=[-1, 0], batch=_BATCH)
 class FrameDifference(_ImageOp):
     """``|frame - previous frame|`` per pixel, ``uint8`` (zero at a stream's first row).
 
@@ -298,14 +298,22 @@ class FrameDifference(_ImageOp):
     >>> motion = sc.ops.FrameDifference(frame=frames)  # doctest: +SKIP
     """
 
-    def execute(self, frame: Sequence[FrameType]) -> FrameType:
-        prev, cur = frame
-        if prev is None:  # a null before this row: nothing to compare with
-            prev = cur
-        if self.on_cpu:
-            return _cv2().absdiff(to_host(prev), to_host(cur))
-        prev, cur = to_device([prev, cur], self.xp)
-        return arrays.frame_difference(prev, cur, self.xp)
+    def execute(self, frame: Sequence[Sequence[FrameType]]) -> Sequence[FrameType]:
+        # a null before a row (prev None): nothing to compare with, the difference is zero
+        pairs = [(cur if prev is None else prev, cur) for prev, cur in frame]
+        if not self.on_cpu:
+            return [arrays.frame_difference(*to_device(list(pair), self.xp), self.xp)
+                    for pair in pairs]
+        cv2 = _cv2()
+        shape = pairs[0][1].shape
+        if any(cur.shape != shape for _, cur in pairs):
+            return [cv2.absdiff(prev, cur) for prev, cur in pairs]
+        out = np.empty((len(pairs), *shape), np.uint8)
+        for i, (prev, cur) in enumerate(pairs):
+            dst = out[i]
+            if cv2.absdiff(prev, cur, dst=dst).ctypes.data != dst.ctypes.data:
+                dst[...] = cv2.absdiff(prev, cur)
+        return out
 
 
 @register_python_op(stencil=[0, 1])

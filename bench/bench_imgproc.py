@@ -1,0 +1,104 @@
+"""Built-in image ops vs a plain OpenCV loop over the same frames.
+
+Run: ``.venv/bin/python bench/bench_imgproc.py`` (``--quick`` for a smaller run). The frames
+are decoded once into memory; each op then runs through scanner_nb
+(``sc.io.Input([sp.MemoryStream(frames)])`` -> op -> ``compute()``, threaded scheduler, default
+partitions) and as a plain loop calling the same OpenCV function per frame in the main thread.
+Runs are interleaved; medians. Target (issue 12): each op within 1.2x of the loop's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+import scanner_nb as sp
+import scanner_nb.imgproc  # noqa: F401  (registers the built-in ops)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import clip  # noqa: E402
+
+TARGET = 1.2
+
+
+def median_times(fns, repeat: int) -> list[float]:
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def cases(sc, frames: np.ndarray, jpegs: list[bytes]):
+    """(name, scanner_nb stream, plain loop) for each op."""
+    inp = sc.io.Input([sp.MemoryStream(frames)])
+    raw = sc.io.Input([sp.MemoryStream(jpegs, type=bytes)])
+    h, w = frames.shape[1:3]
+    small = (w // 2, h // 2)
+
+    def flow_loop():
+        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        return [cv2.calcOpticalFlowFarneback(gray[i], gray[min(i + 1, len(gray) - 1)], None, 0.5,
+                                             3, 15, 3, 5, 1.2, 0) for i in range(len(gray))]
+
+    def hist_loop():
+        return [np.stack([cv2.calcHist([f], [c], None, [16], [0, 256]).ravel()
+                          for c in range(3)]).astype(np.int64) for f in frames]
+
+    return [
+        (f"Resize to {small[0]}x{small[1]}", sc.ops.Resize(frame=inp, width=[small[0]],
+                                                          height=[small[1]]),
+         lambda: [cv2.resize(f, small) for f in frames]),
+        ("ConvertColor COLOR_RGB2GRAY", sc.ops.ConvertColor(frame=inp,
+                                                            conversion=["COLOR_RGB2GRAY"]),
+         lambda: [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]),
+        ("ConvertColor hsv", sc.ops.ConvertColor(frame=inp, conversion=["hsv"]),
+         lambda: [cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames]),
+        ("Blur k=5", sc.ops.Blur(frame=inp, kernel_size=5, sigma=0),
+         lambda: [cv2.GaussianBlur(f, (5, 5), 0) for f in frames]),
+        ("Histogram 16 bins", sc.ops.Histogram(frame=inp), hist_loop),
+        ("FrameDifference", sc.ops.FrameDifference(frame=inp),
+         lambda: [cv2.absdiff(frames[max(i - 1, 0)], frames[i]) for i in range(len(frames))]),
+        ("OpticalFlow (Farneback)", sc.ops.OpticalFlow(frame=inp), flow_loop),
+        ("ImageEncoder jpg", sc.ops.ImageEncoder(frame=inp, format="jpg"),
+         lambda: [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()
+                  for f in frames]),
+        ("ImageDecoder jpg", sc.ops.ImageDecoder(img=raw),
+         lambda: [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
+                               cv2.COLOR_BGR2RGB) for b in jpegs]),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "scanner_nb_bench"))
+    args = parser.parse_args()
+    os.makedirs(args.dir, exist_ok=True)
+    n, repeat = (24, 3) if args.quick else (96, 5)
+    path = clip(args.dir, n, 1280, 720, 30)
+    with sp.Client(db_path=os.path.join(args.dir, "db"), show_progress=False) as sc:
+        (frames,) = sc.io.Input([sp.NamedVideoStream(sc, "clip", path=path)]).compute()
+        jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+        print(f"{n} frames 1280x720 in memory; cv2 {cv2.__version__}, "
+              f"{cv2.getNumThreads()} OpenCV threads, {os.cpu_count()} cores; medians of {repeat}")
+        print(f"{'op':<30} {'scanner_nb':>11} {'cv2 loop':>10} {'ratio':>7}  target <= {TARGET}x")
+        for name, stream, loop in cases(sc, frames, jpegs):
+            ours, plain = median_times([stream.compute, loop], repeat)
+            ratio = ours / plain
+            flag = "ok" if ratio <= TARGET else "MISSED"
+            print(f"{name:<30} {ours * 1e3:>9.1f}ms {plain * 1e3:>8.1f}ms {ratio:>6.2f}x  {flag}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
