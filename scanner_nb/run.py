@@ -173,11 +173,7 @@ class Output:
             raise ScannerValueError(
                 f"sc.io.Output: {len(targets)} name(s) for {stream.num_streams} stream(s); give "
                 f"one sp.NamedStream per stream")
-        for t in targets:
-            if isinstance(t, NamedVideoStream) and stream.type_name != "FrameType":
-                raise ScannerTypeError(
-                    f"sc.io.Output: {t.name!r} is a NamedVideoStream but the stream holds "
-                    f"{stream.type_name} elements; store them with sp.NamedStream")
+        for t in targets:  # a NamedVideoStream may name other elements too, as in Scanner
             if isinstance(t, NamedVideoStream) and t.path is not None:
                 raise ScannerValueError(
                     f"sc.io.Output: {t.name!r} names a video file; outputs are stored in the "

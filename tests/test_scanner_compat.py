@@ -163,10 +163,12 @@ def test_02_op_properties_given_at_the_call(client, video, decoded):
 def test_03_sampling_with_scanner_keyword_names(client, video, decoded):
     frames = client.io.Input([sp.NamedVideoStream(client, "example", path=video)])
     strided = client.streams.Stride(frames, [4])
-    hist_stream = sp.NamedStream(client, "example_hist_strided")
+    hist_stream = sp.NamedVideoStream(client, "example_hist_strided")  # as Scanner's tutorial
     client.run(client.io.Output(client.ops.Histogram(frame=strided), [hist_stream]),
                sp.PerfParams.estimate(), show_progress=False)
-    assert len(list(hist_stream.load())) == round(N / 4)
+    hists = list(hist_stream.load())
+    assert len(hists) == round(N / 4) and hists[0].shape == (3, 16)
+    assert hist_stream.type_name == "Any"
 
     def indices(stream):
         (got,) = stream.compute()
