@@ -128,27 +128,23 @@ class Client:
             A list of the stored streams (or FilesStreams), in order, also carrying the job's
             id for :meth:`get_profile` (Scanner's ``sc.run`` returned a job id).
         """
-        from .profile import Job, Recorder
-        from .run import CacheMode, Output, run_outputs
+        from .profile import Job, Profile, Recorder
+        from .run import CacheMode, Output, PerfParams, run_outputs
         from .sources.files import FilesOutput, write_files
 
         listed = [outputs] if isinstance(outputs, (Output, FilesOutput)) else list(outputs)
         files = [o for o in listed if isinstance(o, FilesOutput)]
         named = [o for o in listed if not isinstance(o, FilesOutput)]
         cache_mode = cache_mode or CacheMode.Error
+        if not isinstance(cache_mode, CacheMode):
+            raise ScannerTypeError(f"cache_mode must be an sp.CacheMode, got {cache_mode!r}")
         job_id = next(self._job_ids)
         with Recorder(self.distributed) as recorder:
             stored = run_outputs(self, named, perf_params, cache_mode, show_progress) if (
                 named or not files) else []
             if files:
-                from .run import PerfParams
-
-                if not isinstance(cache_mode, CacheMode):
-                    raise ScannerTypeError(f"cache_mode must be an sp.CacheMode, got {cache_mode!r}")
                 write_files(self, files, perf_params or PerfParams.estimate(), cache_mode,
                             show_progress, note=recorder.note)
-        from .profile import Profile
-
         self._profiles[job_id] = Profile(job_id, recorder.events)
         while len(self._profiles) > _KEPT_PROFILES:
             self._profiles.pop(next(iter(self._profiles)))
@@ -158,7 +154,7 @@ class Client:
                           [next(stored_iter) for _ in o.targets])
         return Job(result, job_id)
 
-    def get_profile(self, job, **kwargs):
+    def get_profile(self, job):
         """The profile of a run: ``job`` is what ``sc.run`` returned (or its ``job_id``).
 
         Returns a :class:`~scanner_nb.profile.Profile`: ``write_trace(path)`` writes a Chrome
