@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import clip  # noqa: E402
 
 TARGET = 1.2
+FLOW_FRAMES = 8
 
 
 def median_times(fns, repeat: int) -> list[tuple[float, float]]:
@@ -48,8 +49,11 @@ def cases(sc, frames: np.ndarray, jpegs: list[bytes]):
     h, w = frames.shape[1:3]
     small = (w // 2, h // 2)
 
+    few = frames[:FLOW_FRAMES]  # Farneback at 720p is ~0.2 s a frame: a few frames tell
+    few_inp = sc.io.Input([sp.MemoryStream(few)])
+
     def flow_loop():
-        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in few]
         return [cv2.calcOpticalFlowFarneback(gray[i], gray[min(i + 1, len(gray) - 1)], None, 0.5,
                                              3, 15, 3, 5, 1.2, 0) for i in range(len(gray))]
 
@@ -71,7 +75,7 @@ def cases(sc, frames: np.ndarray, jpegs: list[bytes]):
         ("Histogram 16 bins", sc.ops.Histogram(frame=inp), hist_loop),
         ("FrameDifference", sc.ops.FrameDifference(frame=inp),
          lambda: [cv2.absdiff(frames[max(i - 1, 0)], frames[i]) for i in range(len(frames))]),
-        ("OpticalFlow (Farneback)", sc.ops.OpticalFlow(frame=inp), flow_loop),
+        (f"OpticalFlow ({FLOW_FRAMES} frames)", sc.ops.OpticalFlow(frame=few_inp), flow_loop),
         ("ImageEncoder jpg", sc.ops.ImageEncoder(frame=inp, format="jpg"),
          lambda: [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()
                   for f in frames]),
