@@ -80,8 +80,8 @@ def cases(sc, frames: np.ndarray, jpegs: list[bytes]):
          lambda: [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()
                   for f in frames]),
         ("ImageDecoder jpg", sc.ops.ImageDecoder(img=raw),
-         lambda: [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR),
-                               cv2.COLOR_BGR2RGB) for b in jpegs]),
+         lambda: [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR_RGB)
+                  for b in jpegs]),
     ]
 
 

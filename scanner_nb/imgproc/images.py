@@ -32,9 +32,9 @@ def _to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3])
 
 
-def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+def decode_image(data: bytes) -> np.ndarray:
     """An image file's bytes as an RGB ``uint8`` ``H×W×3`` frame (the first frame of an
-    animation), written into ``out`` when given and of the image's shape.
+    animation).
 
     Examples
     --------
@@ -47,11 +47,9 @@ def decode_image(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ScannerTypeError(f"ImageDecoder takes bytes, got {type(data).__name__}")
     buffer = np.frombuffer(data, np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB) if buffer.size else None
     if image is not None:
-        if out is not None and out.shape == image.shape:
-            return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return image
     import imageio.v3 as iio
 
     try:
@@ -109,14 +107,7 @@ class ImageDecoder(Kernel):
     """
 
     def execute(self, img: Sequence[bytes]) -> Sequence[FrameType]:
-        first = decode_image(img[0])
-        out = np.empty((len(img), *first.shape), np.uint8)  # one array: no stacking later
-        out[0] = first
-        for i in range(1, len(img)):
-            got = decode_image(img[i], out[i])
-            if got.ctypes.data != out[i].ctypes.data:  # another size: a list of frames
-                return [out[j] for j in range(i)] + [got] + [decode_image(d) for d in img[i + 1:]]
-        return out
+        return [decode_image(data) for data in img]
 
 
 @register_python_op(batch=8)
