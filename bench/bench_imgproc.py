@@ -3,8 +3,10 @@
 Run: ``.venv/bin/python bench/bench_imgproc.py`` (``--quick`` for a smaller run). The frames
 are decoded once into memory; each op then runs through scanner_nb
 (``sc.io.Input([sp.MemoryStream(frames)])`` -> op -> ``compute()``, threaded scheduler, default
-partitions) and as a plain loop calling the same OpenCV function per frame in the main thread.
-Runs are interleaved; medians. Target (issue 12): each op within 1.2x of the loop's time.
+partitions) and as a plain loop in the main thread calling the same OpenCV function per frame
+and filling one ``(n, H, W, C)`` array, the result ``compute()`` returns (OpenCV writes into it
+where it takes ``dst``; histograms and encoded images stay lists on both sides). Runs are
+interleaved; medians. Target (issue 12): each op within 1.2x of the loop's time.
 """
 
 from __future__ import annotations
@@ -42,46 +44,60 @@ def median_times(fns, repeat: int) -> list[tuple[float, float]]:
             for t in times]
 
 
+def filled(function, items, dtype=np.uint8) -> np.ndarray:
+    """The plain loop: ``function(item)`` for each item, into one ``(n, ...)`` array, the result
+    ``compute()`` gives (OpenCV writes straight into it where it takes ``dst``)."""
+    first = function(items[0], None)
+    out = np.empty((len(items), *first.shape), dtype)
+    out[0] = first
+    for i in range(1, len(items)):
+        got = function(items[i], out[i])
+        if got is not out[i] and got.ctypes.data != out[i].ctypes.data:
+            out[i] = got
+    return out
+
+
 def cases(sc, frames: np.ndarray, jpegs: list[bytes]):
     """(name, scanner_nb stream, plain loop) for each op."""
     inp = sc.io.Input([sp.MemoryStream(frames)])
     raw = sc.io.Input([sp.MemoryStream(jpegs, type=bytes)])
     h, w = frames.shape[1:3]
     small = (w // 2, h // 2)
-
     few = frames[:FLOW_FRAMES]  # Farneback at 720p is ~0.2 s a frame: a few frames tell
     few_inp = sc.io.Input([sp.MemoryStream(few)])
+    pairs = [(frames[max(i - 1, 0)], frames[i]) for i in range(len(frames))]
 
-    def flow_loop():
-        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in few]
-        return [cv2.calcOpticalFlowFarneback(gray[i], gray[min(i + 1, len(gray) - 1)], None, 0.5,
-                                             3, 15, 3, 5, 1.2, 0) for i in range(len(gray))]
+    def flow(i, dst):
+        g = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (few[i], few[min(i + 1, len(few) - 1)])]
+        return cv2.calcOpticalFlowFarneback(g[0], g[1], dst, 0.5, 3, 15, 3, 5, 1.2, 0)
 
-    def hist_loop():
-        return [np.stack([cv2.calcHist([f], [c], None, [16], [0, 256]).ravel()
-                          for c in range(3)]).astype(np.int64) for f in frames]
+    def hist(f):
+        return np.stack([cv2.calcHist([f], [c], None, [16], [0, 256]).ravel()
+                         for c in range(3)]).astype(np.int64)
 
     return [
         (f"Resize to {small[0]}x{small[1]}", sc.ops.Resize(frame=inp, width=[small[0]],
                                                           height=[small[1]]),
-         lambda: [cv2.resize(f, small) for f in frames]),
-        ("ConvertColor COLOR_RGB2GRAY", sc.ops.ConvertColor(frame=inp,
-                                                            conversion=["COLOR_RGB2GRAY"]),
-         lambda: [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]),
+         lambda: filled(lambda f, dst: cv2.resize(f, small, dst=dst), frames)),
+        ("ConvertColor COLOR_RGB2GRAY",
+         sc.ops.ConvertColor(frame=inp, conversion=["COLOR_RGB2GRAY"]),
+         lambda: filled(lambda f, dst: cv2.cvtColor(
+             f, cv2.COLOR_RGB2GRAY, dst=None if dst is None else dst[..., 0])[..., None], frames)),
         ("ConvertColor hsv", sc.ops.ConvertColor(frame=inp, conversion=["hsv"]),
-         lambda: [cv2.cvtColor(f, cv2.COLOR_RGB2HSV) for f in frames]),
+         lambda: filled(lambda f, dst: cv2.cvtColor(f, cv2.COLOR_RGB2HSV, dst=dst), frames)),
         ("Blur k=5", sc.ops.Blur(frame=inp, kernel_size=5, sigma=0),
-         lambda: [cv2.GaussianBlur(f, (5, 5), 0) for f in frames]),
-        ("Histogram 16 bins", sc.ops.Histogram(frame=inp), hist_loop),
+         lambda: filled(lambda f, dst: cv2.GaussianBlur(f, (5, 5), 0, dst=dst), frames)),
+        ("Histogram 16 bins", sc.ops.Histogram(frame=inp), lambda: [hist(f) for f in frames]),
         ("FrameDifference", sc.ops.FrameDifference(frame=inp),
-         lambda: [cv2.absdiff(frames[max(i - 1, 0)], frames[i]) for i in range(len(frames))]),
-        (f"OpticalFlow ({FLOW_FRAMES} frames)", sc.ops.OpticalFlow(frame=few_inp), flow_loop),
+         lambda: filled(lambda p, dst: cv2.absdiff(p[0], p[1], dst=dst), pairs)),
+        (f"OpticalFlow ({FLOW_FRAMES} frames)", sc.ops.OpticalFlow(frame=few_inp),
+         lambda: filled(flow, range(len(few)), np.float32)),
         ("ImageEncoder jpg", sc.ops.ImageEncoder(frame=inp, format="jpg"),
          lambda: [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes()
                   for f in frames]),
         ("ImageDecoder jpg", sc.ops.ImageDecoder(img=raw),
-         lambda: [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR_RGB)
-                  for b in jpegs]),
+         lambda: filled(lambda b, dst: cv2.imdecode(np.frombuffer(b, np.uint8),
+                                                    cv2.IMREAD_COLOR_RGB), jpegs)),
     ]
 
 
@@ -91,7 +107,7 @@ def main() -> None:
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "scanner_nb_bench"))
     args = parser.parse_args()
     os.makedirs(args.dir, exist_ok=True)
-    n, repeat = (24, 3) if args.quick else (96, 5)
+    n, repeat = (24, 3) if args.quick else (96, 7)
     path = clip(args.dir, n, 1280, 720, 30)
     with sp.Client(db_path=os.path.join(args.dir, "db"), show_progress=False) as sc:
         (frames,) = sc.io.Input([sp.NamedVideoStream(sc, "clip", path=path)]).compute()
