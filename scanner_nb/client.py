@@ -50,6 +50,9 @@ class Client:
         of other elements, whole groups of pictures for videos (see README, "Partitions").
     show_progress : bool
         Whether ``compute()`` shows a progress bar (a widget in Jupyter, text in a terminal).
+    trust_pickle : bool
+        Load pickled elements of stored streams this user did not store (a shared db).
+        Off by default: unpickling runs code chosen by whoever wrote them.
 
     Examples
     --------
@@ -59,7 +62,8 @@ class Client:
     """
 
     def __init__(self, address: Any = None, db_path: str | None = None,
-                 partition_size: int | None = None, show_progress: bool = True):
+                 partition_size: int | None = None, show_progress: bool = True,
+                 trust_pickle: bool = False):
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
@@ -67,6 +71,7 @@ class Client:
         self.partition_size = partition_size
         self.show_progress = show_progress
         self._db_path = db_path
+        self._trust_pickle = bool(trust_pickle)
         self._db = None
         self._gpu_usable: bool | None = None
         self.distributed, self._owns_distributed = _connect(address)
@@ -85,8 +90,14 @@ class Client:
         if self._db is None:
             from .storage import Database, default_db_path
 
-            self._db = Database(self._db_path or default_db_path())
+            self._db = Database(self._db_path or default_db_path(),
+                                trust_pickle=self._trust_pickle)
         return self._db
+
+    def gc(self, include_open: bool = False) -> list[str]:
+        """Reclaim the space of stored versions nothing reads any more (see ``Database.gc``):
+        replaced or deleted versions and leftovers of failed runs; returns what was removed."""
+        return self.db.gc(include_open=include_open)
 
     @property
     def index_cache_dir(self) -> str:
