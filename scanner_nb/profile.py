@@ -6,7 +6,9 @@ from Dask itself: :class:`dask.diagnostics.Profiler` on the local threaded sched
 :func:`distributed.get_task_stream` on a cluster; the op, stream and rows of each task come from
 the graph's row analysis (each layer of the graph is one node of the plan, each task one of its
 partitions). :meth:`Profile.write_trace` writes a Chrome trace (``chrome://tracing``, Perfetto)
-and :meth:`Profile.summary` a table per op.
+and :meth:`Profile.summary` a table per op. Dask's timings are per scheduler, so tasks of
+other computations running at the same time on it (another thread's ``compute``) are recorded
+too, named by their Dask keys.
 
 Examples
 --------
@@ -198,6 +200,9 @@ class Recorder:
             for task in self._collector.results:
                 self.events.append(self._event(task.key, task.start_time, task.end_time,
                                                "local", int(task.worker_id)))
+            self._collector.clear()  # it holds the run's tasks (and what they hold)
+        self._collector = None
+        self._layers.clear()
 
     def _event(self, key: Any, start: float, stop: float, worker: str, thread: int) -> TaskEvent:
         if isinstance(key, str) and key.startswith("("):

@@ -366,8 +366,6 @@ def test_client_and_module_spellings(local_client, monkeypatch):
     assert not hasattr(sc.ops, "NoSuchOp")
 
 
-@pytest.mark.xfail(raises=ImportError, strict=False,
-                   reason="the storage/ package (storage helper's branch) re-exports them")
 def test_storage_module_names_the_stream_classes():
     from scanner_nb.storage import NamedStream, NamedVideoStream
 
