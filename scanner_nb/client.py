@@ -1,28 +1,24 @@
-"""``Client``: where graphs run (the local threaded scheduler or a dask.distributed cluster).
-
-It owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``,
+"""``Client``: the facade users hold. Where graphs run is its :class:`~scanner_nb.session.Session`;
+it owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``,
 ``sc.partitioner`` and ``sc.run``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import os
-import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import dask
-import dask.threaded
 from dask.base import tokenize
 
-from . import progress as progress_
-from . import runtime
 from .devices import DeviceType, choose_device, gpu_available, gpu_unavailable_reason
 from .errors import ScannerTypeError, ScannerValueError
 from .kernel import OpSpec, lookup_op, op_names
 from .plan import OpNode, Ref, SourceNode
+from .session import Session
+from .sources.base import Source
 from .stream import Stream
 from .streamops import Partitioner, StreamOps, per_stream
 
@@ -67,21 +63,18 @@ class Client:
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
-        self.token = uuid.uuid4().hex
+        self.session = Session(address, show_progress)
         self.partition_size = partition_size
-        self.show_progress = show_progress
         self._db_path = db_path
         self._trust_pickle = bool(trust_pickle)
         self._db = None
         self._gpu_usable: bool | None = None
-        self.distributed, self._owns_distributed = _connect(address)
         self.ops = _Ops(self)
         self.streams = StreamOps(self)
         self.io = _IO(self)
         self.partitioner = Partitioner()
         self._job_ids = itertools.count()
         self._profiles: dict = {}
-        self.closed = False
 
     # ------------------------------------------------------------ storage
     @property
@@ -197,9 +190,33 @@ class Client:
 
     # ------------------------------------------------------------ scheduling
     @property
+    def token(self) -> str:
+        """The session's token (``fetch_resources`` runs once per machine per session)."""
+        return self.session.token
+
+    @property
+    def distributed(self):
+        """The ``distributed.Client`` graphs run on, or ``None`` for local threads."""
+        return self.session.distributed
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether computes show a progress bar unless told otherwise."""
+        return self.session.show_progress
+
+    @show_progress.setter
+    def show_progress(self, value: bool) -> None:
+        self.session.show_progress = bool(value)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self.session.closed
+
+    @property
     def scheduler(self) -> Callable:
         """The ``get`` function graphs of this client run with."""
-        return self.distributed.get if self.distributed is not None else dask.threaded.get
+        return self.session.get
 
     def has_gpu(self) -> bool:
         """Scanner's name for :meth:`gpu_usable`."""
@@ -216,18 +233,12 @@ class Client:
 
     def instance_key(self, node: OpNode) -> str:
         """The key kernel instances of ``node`` are shared under: op version and init args."""
-        key = getattr(node, "_instance_key", None)
-        if key is None:
-            key = f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
-            node._instance_key = key
-        return key
+        return f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
 
     def compute_collections(self, collections: Sequence, progress: bool | None = None,
                             **kwargs) -> list:
-        """Compute dask collections on this client's scheduler, with a progress bar if asked."""
-        show = self.show_progress if progress is None else progress
-        return progress_.compute(collections, dclient=self.distributed,
-                                 scheduler=dask.threaded.get, show=show, **kwargs)
+        """Compute dask collections where this client runs graphs (see ``Session.compute``)."""
+        return self.session.compute(collections, progress=progress, **kwargs)
 
     # ------------------------------------------------------------ ops
     def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
@@ -303,16 +314,9 @@ class Client:
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Close kernel instances (here and on the workers) and any cluster client made here."""
-        if self.closed:
-            return
-        self.closed = True
-        runtime.close_instances()
-        if self.distributed is not None:
-            with contextlib.suppress(Exception):
-                self.distributed.run(runtime.close_instances)
-            if self._owns_distributed:
-                self.distributed.close()
+        """Close kernel instances (here and on the workers), remove this client's resource
+        locks, and close any cluster client made here."""
+        self.session.close()
 
     def __enter__(self) -> Client:
         return self
@@ -321,16 +325,15 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        where = "local threads" if self.distributed is None else repr(self.distributed)
-        return f"<scanner_nb.Client on {where}, partition_size={self.partition_size}>"
+        return f"<scanner_nb.Client on {self.session!r}, partition_size={self.partition_size}>"
 
 
 
 def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: int) -> None:
     """Run the kernel's ``check_args`` per stream; its errors become the op call's errors."""
-    check = getattr(spec.kernel_cls, "check_args", None)
-    if check is None or spec.function is not None:
+    if spec.function is not None:
         return
+    check = spec.kernel_cls.check_args
     for s in range(n_streams):
         try:
             check(**init_args, **{k: v[s] for k, v in config_args.items()})
@@ -338,21 +341,6 @@ def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: i
             kind = ScannerValueError if isinstance(exc, ValueError) else ScannerTypeError
             where = f" (stream {s})" if config_args and n_streams > 1 else ""
             raise kind(f"op {spec.name!r}{where}: {exc}") from exc
-
-
-def _connect(address: Any):
-    """``(distributed.Client or None, whether we made it)`` for a Client's ``address``."""
-    if address is None:
-        return None, False
-    import distributed
-
-    if isinstance(address, distributed.Client):
-        return address, False
-    if isinstance(address, str) or hasattr(address, "scheduler_address"):
-        return distributed.Client(address, set_as_default=False), True
-    raise ScannerTypeError(
-        f"address must be None, a scheduler address, a distributed.Client or a cluster, "
-        f"got {type(address).__name__}")
 
 
 class _OpCall:
@@ -397,7 +385,7 @@ class _IO:
         """A Stream reading ``sources`` (MemoryStream, NamedVideoStream, NamedStream), one each."""
         if not isinstance(sources, (list, tuple)) or not sources:
             raise ScannerTypeError("sc.io.Input takes a non-empty list of streams")
-        bad = [s for s in sources if not (hasattr(s, "partition") and hasattr(s, "type_name"))]
+        bad = [s for s in sources if not isinstance(s, Source)]
         if bad:
             raise ScannerTypeError(
                 f"sc.io.Input takes MemoryStream, NamedVideoStream or NamedStream objects, got "
@@ -406,7 +394,7 @@ class _IO:
         if len(types) > 1:
             raise ScannerTypeError(f"sc.io.Input streams must share one element type, got {sorted(types)}")
         for s in sources:
-            getattr(s, "check_input", lambda: None)()
+            s.check()
         return Stream(self._client, Ref(SourceNode(list(sources))))
 
     def Output(self, stream: Stream, targets: Sequence):

@@ -59,8 +59,8 @@ class ScannerTypeError(ScannerError, TypeError):
 
 
 class OpNotFoundError(ScannerError, AttributeError):
-    """``sc.ops.X`` where no op ``X`` is registered (the message names the module to import
-    when a built-in op has that name)."""
+    """``sc.ops.X`` where no op ``X`` is registered (``hasattr`` still works; the message names
+    the module to import when a built-in op has that name)."""
 
 
 ScannerException = ScannerError  # Scanner's spelling

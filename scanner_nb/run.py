@@ -118,7 +118,7 @@ class PerfParams:
         if self.io_packet_size is not None:
             return self.io_packet_size
         frame_bytes = _frame_bytes(stream)
-        if frame_bytes is None:
+        if frame_bytes is None or stream.client.partition_size is not None:
             return stream.client.partition_size
         budget = self.memory() * (self.memory_fraction or 0.25) / (2 * (os.cpu_count() or 1))
         budget = min(budget, 64 << 20)
@@ -150,14 +150,7 @@ def _frame_bytes(stream: Stream) -> int | None:
     node = stream._ref.node
     while node.inputs:
         node = node.inputs[0].node
-    for source in getattr(node, "sources", ()):
-        file = getattr(source, "_file", None)
-        if file is not None:
-            return file.index.width * file.index.height * 3
-        elements = getattr(source, "elements", None)
-        if source.type_name == "FrameType" and elements is not None and len(elements):
-            return int(elements[0].nbytes)
-    return None
+    return next((s.frame_bytes for s in node.sources if s.frame_bytes), None)
 
 
 class Output:

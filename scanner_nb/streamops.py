@@ -53,16 +53,16 @@ def per_stream(values: Any, stream: Stream, what: str) -> list:
         return list(values)
     if len(values) == node.n_streams and not any(isinstance(v, SliceList) for v in values):
         return list(values)
-    parents = sorted({p for p, _ in node.slices})
-    if len(values) != len(parents):
+    if len(values) != node.n_parents:
         raise ScannerValueError(
-            f"{what} has {len(values)} value(s) but the sliced input comes from {len(parents)} "
+            f"{what} has {len(values)} value(s) but the sliced input comes from {node.n_parents} "
             f"stream(s); give one value (or sp.SliceList) per stream")
+    counts = np.bincount([p for p, _ in node.slices], minlength=node.n_parents)
     out = []
     for p, j in node.slices:
-        value = values[parents.index(p)]
+        value = values[p]
         if isinstance(value, SliceList):
-            count = sum(1 for q, _ in node.slices if q == p)
+            count = int(counts[p])
             if len(value) != count:
                 raise ScannerValueError(
                     f"{what}: the SliceList for stream {p} has {len(value)} value(s) but the "
@@ -329,7 +329,8 @@ class StreamOps:
             for j, rows in enumerate(spec.rows_of(n)):
                 mapping.append((s, rows))
                 slices.append((s, j))
-        node = SampleNode(stream._ref, "Slice", repr(list(values)), mapping, tuple(slices))
+        node = SampleNode(stream._ref, "Slice", repr(list(values)), mapping, tuple(slices),
+                          n_parents=stream.num_streams)
         return Stream(self._client, Ref(node))
 
     @_scanner_keywords(input="stream")
@@ -342,11 +343,15 @@ class StreamOps:
         node = stream._ref.node
         if node.slices is None:
             raise ScannerValueError("Unslice of a stream that is not sliced")
+        members: list[list[int]] = [[] for _ in range(node.n_parents)]
+        for t, (p, _) in enumerate(node.slices):  # every parent, also one with no slice
+            members[p].append(t)
         mapping = []
-        for p in sorted({p for p, _ in node.slices}):
-            members = [t for t, (q, _) in enumerate(node.slices) if q == p]
-            in_streams = np.concatenate([np.full(node.lengths[t], t) for t in members])
-            in_rows = np.concatenate([np.arange(node.lengths[t]) for t in members])
-            mapping.append((in_streams.astype(np.int64), in_rows))
+        for ts in members:
+            in_streams = np.concatenate([np.full(node.lengths[t], t, np.int64) for t in ts] or
+                                        [np.zeros(0, np.int64)])
+            in_rows = np.concatenate([np.arange(node.lengths[t], dtype=np.int64) for t in ts] or
+                                     [np.zeros(0, np.int64)])
+            mapping.append((in_streams, in_rows))
         out = SampleNode(stream._ref, "Unslice", "", mapping, keep_slices=False)
         return Stream(self._client, Ref(out))

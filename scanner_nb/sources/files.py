@@ -26,8 +26,8 @@ from ..errors import (
     ScannerValueError,
     StreamExistsError,
 )
-from ..plan import default_rows, memory_partitions
 from ..types import Batch, stack_elements
+from .base import Source, default_rows, memory_partitions
 from .stored import StreamStorage
 
 __all__ = ["FilesStream", "ImagesStream", "FilesOutput", "write_files", "IMAGE_EXTENSIONS"]
@@ -68,7 +68,7 @@ def _read_files(paths: list[str], storage_options: dict | None, stream: int, row
                  "FrameType" if decode else "bytes")
 
 
-class FilesStream:
+class FilesStream(Source):
     """A stream whose elements are files: their bytes as an input, their content as an output.
 
     Parameters
@@ -91,7 +91,24 @@ class FilesStream:
             raise ScannerTypeError(f"{type(self).__name__} takes a list of paths, got {paths!r}")
         self.paths = [_path(p) for p in paths]
         self.storage_options = dict(storage_options or {})
-        self.token = uuid.uuid4().hex
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str:
+        """The files' identity: their paths, sizes and modification times."""
+        if self._token is None:
+            from dask.base import tokenize
+
+            fs = self.fs
+            stats = []
+            for p in self.paths:
+                try:
+                    info = fs.info(p)
+                except FileNotFoundError:
+                    info = {}
+                stats.append((info.get("size"), str(info.get("mtime", info.get("LastModified")))))
+            self._token = tokenize(type(self).__name__, self.paths, stats)
+        return self._token
 
     @property
     def label(self) -> str:
@@ -110,7 +127,7 @@ class FilesStream:
         """The fsspec filesystem of the paths."""
         return _filesystem(self.paths[0] if self.paths else ".", self.storage_options)[0]
 
-    def check_input(self) -> None:
+    def check(self) -> None:
         """Every file exists (checked at ``sc.io.Input``)."""
         fs = self.fs
         missing = [p for p in self.paths if not fs.isfile(p)]
@@ -121,7 +138,8 @@ class FilesStream:
     def partition(self, rows: np.ndarray, partition_size: int | None) -> list[np.ndarray]:
         return memory_partitions(rows, partition_size or default_rows(len(rows)))
 
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
+    def read_task(self, stream: int, rows: np.ndarray, shared=None, out=None,
+                  after=None) -> tuple:
         paths = [self.paths[r] for r in rows.tolist()]
         return (_read_files, paths, self.storage_options, stream, rows, self.type_name != "bytes")
 

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import numpy as np
+from dask.base import tokenize
 
 from ..errors import ScannerTypeError
 from ..types import Batch
+from .base import Source
 from .video import VideoFileSource
 
 __all__ = ["NamedStream", "NamedVideoStream", "StreamStorage", "mp4_path"]
@@ -54,7 +55,7 @@ def _read_stored(db, name: str, manifest: dict, stream: int, rows: np.ndarray) -
     return Batch(stream, rows, out.elements, out.nulls, manifest["type"])
 
 
-class NamedStream:
+class NamedStream(Source):
     """A stored stream in the client's database: an output of ``sc.run``, or an input.
 
     Parameters
@@ -75,7 +76,6 @@ class NamedStream:
 
         self._client = sc
         self.name = validate_name(name)
-        self.token = uuid.uuid4().hex
         self._manifest: dict | None = None
         self._held = None
 
@@ -140,7 +140,13 @@ class NamedStream:
         ``dask.array.from_zarr(path, component="frames")``."""
         return self.db.zarr_path(self.name)
 
-    def check_input(self) -> None:
+    @property
+    def token(self) -> str:
+        """The stored version's identity."""
+        manifest = self._manifest or self.manifest()
+        return f"stored-{self.name}-{manifest.get('version') or tokenize(manifest)}"
+
+    def check(self) -> None:
         self.manifest()
 
     def partition(self, rows: np.ndarray, partition_size: int | None) -> list[np.ndarray]:
@@ -153,8 +159,21 @@ class NamedStream:
     def read(self, rows: np.ndarray):
         return _read_stored(self.db, self.name, self._manifest or self.manifest(), 0, rows).elements
 
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
-        return (_read_stored, self.db, self.name, self._manifest or self.manifest(), stream, rows)
+    def shared(self):
+        return self._manifest or self.manifest()
+
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
+        return (_read_stored, self.db, self.name, shared, stream, rows)
+
+    @property
+    def frame_shape(self) -> tuple | None:
+        frame = (self._manifest or self.manifest()).get("frame") or {}
+        return tuple(frame["shape"]) if frame.get("shape") else None
+
+    @property
+    def frame_bytes(self) -> int | None:
+        shape = self.frame_shape
+        return None if shape is None else int(np.prod(shape))
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
         """Encode a stored frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has
@@ -240,11 +259,15 @@ class NamedVideoStream(NamedStream):
             return super().delete()
         self._file.forget()
 
-    def check_input(self) -> None:
+    @property
+    def token(self) -> str:
+        return self._file.token if self._file is not None else super().token
+
+    def check(self) -> None:
         if self._file is None:
-            super().check_input()
+            super().check()
         else:
-            self._file.index  # noqa: B018 - index now: a bad file fails at the call
+            self._file.check()
 
     def partition(self, rows, partition_size):
         if self._file is None:
@@ -255,14 +278,20 @@ class NamedVideoStream(NamedStream):
         return self._file.read(rows) if self._file is not None else super().read(rows)
 
     @property
-    def frame_shape(self) -> tuple[int, int, int] | None:
-        return self._file.frame_shape if self._file is not None else None
+    def frame_shape(self) -> tuple | None:
+        return self._file.frame_shape if self._file is not None else super().frame_shape
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
-             after: list | None = None) -> tuple:
+    @property
+    def frame_bytes(self) -> int | None:
+        return self._file.frame_bytes if self._file is not None else super().frame_bytes
+
+    def shared(self):
+        return self._file.shared() if self._file is not None else super().shared()
+
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
         if self._file is None:
-            return super().task(stream, rows)
-        return self._file.task(stream, rows, out, after)
+            return super().read_task(stream, rows, shared)
+        return self._file.read_task(stream, rows, shared, out, after)
 
     def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
         """Whether partition `rows` continues the GOP `previous` ends in (video files only)."""
