@@ -28,7 +28,7 @@ from .errors import (
 from .kernel import Kernel, KernelConfig, register_python_op
 from .run import CacheMode, PerfParams
 from .sources import FilesStream, ImagesStream, MemoryStream, NamedStream, NamedVideoStream
-from .stream import Stream
+from .stream import Stream, preview
 from .streamops import SliceList
 from .types import FrameType, NullElement
 
@@ -65,6 +65,7 @@ __all__ = [
     "StreamNotFoundError",
     "VideoError",
     "VideoNotFoundError",
+    "preview",
     "register_python_op",
     "types",
 ]

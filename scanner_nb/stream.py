@@ -25,7 +25,7 @@ from .sources.persisted import PersistedSource
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "preview"]
 
 
 class Stream(DaskMethodsMixin):
@@ -454,3 +454,18 @@ def _rebuild(dsk, client, type_name, lengths, keys, rows, rename=None):
     sources = [PersistedSource(type_name, n, keys.get(s, []), rows.get(s, []), graph)
                for s, n in enumerate(lengths)]
     return Stream(client, Ref(SourceNode(sources)))
+
+
+def preview(stream: Stream, *others: Stream, render: Callable | None = None):
+    """Preview several collections side by side on one slider and one Play.
+
+    ``sp.preview(a, b)`` is ``a.preview(compare=[b])``: each step computes the shown row once
+    per collection.
+
+    Examples
+    --------
+    >>> sp.preview(frames, sc.ops.Blur(frame=frames, kernel_size=5, sigma=1))  # doctest: +SKIP
+    """
+    if not isinstance(stream, Stream) or not all(isinstance(o, Stream) for o in others):
+        raise ScannerTypeError("sp.preview takes Streams (from sc.io.Input, an op or sc.streams)")
+    return stream.preview(render=render, compare=list(others))
