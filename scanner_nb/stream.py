@@ -25,7 +25,7 @@ from .sources.persisted import PersistedSource
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "preview"]
 
 
 class Stream(DaskMethodsMixin):
@@ -290,9 +290,12 @@ class Stream(DaskMethodsMixin):
         return self.lengths[stream_index]
 
     def save_mp4(self, path: str, stream_index: int = 0, fps: float | None = None) -> str:
-        """Encode one frame stream to an H.264 mp4 at exactly ``path`` (partitions streamed)."""
+        """Encode one frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has no
+        extension, as Scanner did; partitions streamed); returns the path written."""
+        from .sources.stored import mp4_path
         from .video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream, not {self.type_name}")
         self._check_stream(stream_index)
@@ -451,3 +454,18 @@ def _rebuild(dsk, client, type_name, lengths, keys, rows, rename=None):
     sources = [PersistedSource(type_name, n, keys.get(s, []), rows.get(s, []), graph)
                for s, n in enumerate(lengths)]
     return Stream(client, Ref(SourceNode(sources)))
+
+
+def preview(stream: Stream, *others: Stream, render: Callable | None = None):
+    """Preview several collections side by side on one slider and one Play.
+
+    ``sp.preview(a, b)`` is ``a.preview(compare=[b])``: each step computes the shown row once
+    per collection.
+
+    Examples
+    --------
+    >>> sp.preview(frames, sc.ops.Blur(frame=frames, kernel_size=5, sigma=1))  # doctest: +SKIP
+    """
+    if not isinstance(stream, Stream) or not all(isinstance(o, Stream) for o in others):
+        raise ScannerTypeError("sp.preview takes Streams (from sc.io.Input, an op or sc.streams)")
+    return stream.preview(render=render, compare=list(others))
