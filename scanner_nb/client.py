@@ -6,6 +6,7 @@ it owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,10 @@ from .stream import Stream
 from .streamops import Partitioner, StreamOps, per_stream
 
 __all__ = ["Client"]
+
+#: Op properties a call may give (Scanner's spelling), overriding the decorator's for that call.
+CALL_PROPERTIES = ("batch", "stencil", "bounded_state", "unbounded_state", "device")
+_KEPT_PROFILES = 32  # profiles of the latest runs a client keeps
 
 
 class Client:
@@ -68,6 +73,8 @@ class Client:
         self.streams = StreamOps(self)
         self.io = _IO(self)
         self.partitioner = Partitioner()
+        self._job_ids = itertools.count()
+        self._profiles: dict = {}
 
     # ------------------------------------------------------------ storage
     @property
@@ -96,12 +103,16 @@ class Client:
                                 ".video-index")
         return os.path.join(os.path.expanduser("~"), ".cache", "scanner_nb", "video-index")
 
-    def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True) -> list:
+    def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True,
+            profiling: bool = False, task_timeout: int = 0, checkpoint_frequency: int = 10,
+            detach: bool = False, profiler_level: int = 1) -> list:
         """Compute and store outputs (``sc.io.Output``); returns the stored streams in order.
 
         Parameters
         ----------
         outputs : Output or list of Output
+            Stored streams (``sp.NamedStream``, ``sp.NamedVideoStream``) or files
+            (``sp.FilesStream``).
         perf_params : PerfParams, optional
             Default ``PerfParams.estimate()``.
         cache_mode : CacheMode
@@ -109,11 +120,73 @@ class Client:
             outputs that exist; ``Overwrite`` replaces them once the new content is complete.
         show_progress : bool
             A progress bar (a widget in Jupyter, text in a terminal).
-        """
-        from .run import CacheMode, run_outputs
+        profiling : bool
+            Scanner's switch; every run is profiled here (one timing per task, from Dask), so
+            ``sc.get_profile(job)`` works either way.
+        task_timeout, checkpoint_frequency, detach, profiler_level
+            Scanner's options, accepted; Dask schedules, retries and profiles the tasks.
 
-        return run_outputs(self, outputs, perf_params, cache_mode or CacheMode.Error,
-                           show_progress)
+        Returns
+        -------
+        Job
+            A list of the stored streams (or FilesStreams), in order, also carrying the job's
+            id for :meth:`get_profile` (Scanner's ``sc.run`` returned a job id).
+        """
+        from .profile import Job, Profile, Recorder
+        from .run import CacheMode, Output, PerfParams, run_outputs
+        from .sources.files import FilesOutput, write_files
+
+        listed = [outputs] if isinstance(outputs, (Output, FilesOutput)) else list(outputs)
+        files = [o for o in listed if isinstance(o, FilesOutput)]
+        named = [o for o in listed if not isinstance(o, FilesOutput)]
+        cache_mode = cache_mode or CacheMode.Error
+        if not isinstance(cache_mode, CacheMode):
+            raise ScannerTypeError(f"cache_mode must be an sp.CacheMode, got {cache_mode!r}")
+        job_id = next(self._job_ids)
+        with Recorder(self.distributed) as recorder:
+            stored = run_outputs(self, named, perf_params, cache_mode, show_progress) if (
+                named or not files) else []
+            if files:
+                write_files(self, files, perf_params or PerfParams.estimate(), cache_mode,
+                            show_progress, note=recorder.note)
+        self._profiles[job_id] = Profile(job_id, recorder.events)
+        while len(self._profiles) > _KEPT_PROFILES:
+            self._profiles.pop(next(iter(self._profiles)))
+        stored_iter, result = iter(stored), []
+        for o in listed:
+            result.extend(o.targets if isinstance(o, FilesOutput) else
+                          [next(stored_iter) for _ in o.targets])
+        return Job(result, job_id)
+
+    def get_profile(self, job):
+        """The profile of a run: ``job`` is what ``sc.run`` returned (or its ``job_id``).
+
+        Returns a :class:`~scanner_nb.profile.Profile`: ``write_trace(path)`` writes a Chrome
+        trace, ``summary()`` a table per op.
+        """
+        job_id = getattr(job, "job_id", job)
+        try:
+            return self._profiles[job_id]
+        except (KeyError, TypeError):
+            raise ScannerValueError(
+                f"no profile of job {job!r}: give what sc.run returned (the last "
+                f"{_KEPT_PROFILES} runs of this client are kept)") from None
+
+    def summarize(self) -> str:
+        """A text table of the stored streams in the database: name, type, rows, stored size."""
+        rows = []
+        for name in self.db.names():
+            m = self.db.manifest(name)
+            rows.append((name, str(m.get("type")), str(m.get("length")),
+                         f"{(m.get('nbytes') or 0) / 1e6:.1f} MB"))
+        if not rows:
+            return f"summarize: no stored streams in {self.db.url}"
+        header = ("name", "type", "rows", "stored")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        fmt = " | ".join(f"{{:{w}}}" for w in widths)
+        line = "-+-".join("-" * w for w in widths)
+        return "\n".join([f"stored streams in {self.db.url}", fmt.format(*header), line]
+                         + [fmt.format(*r) for r in rows])
 
     # ------------------------------------------------------------ scheduling
     @property
@@ -145,6 +218,10 @@ class Client:
         """The ``get`` function graphs of this client run with."""
         return self.session.get
 
+    def has_gpu(self) -> bool:
+        """Scanner's name for :meth:`gpu_usable`."""
+        return self.gpu_usable()
+
     def gpu_usable(self) -> bool:
         """Whether a GPU is usable where graphs run (here, or on every worker of the cluster)."""
         if self.distributed is None:
@@ -165,6 +242,11 @@ class Client:
 
     # ------------------------------------------------------------ ops
     def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
+        listed = {p.name for p in spec.stream_params} | set(spec.init_params) | set(
+            spec.config_params)
+        overrides = {k: kwargs.pop(k) for k in CALL_PROPERTIES if k in kwargs and k not in listed}
+        if overrides:  # Scanner's op properties given at the call
+            spec = spec.with_properties(overrides)
         op = spec.name
         streams: list[tuple[str, Any]] = []
         if spec.variadic:
@@ -207,7 +289,7 @@ class Client:
         for key, value in kwargs.items():
             if key in spec.config_params:
                 config_args[key] = per_stream(value, first, f"op {op!r} stream-config param {key!r}")
-            elif key in spec.init_params or spec.init_accepts_any:
+            elif key in spec.init_params or spec.init_accepts_any or spec.function is not None:
                 init_args[key] = value
             else:
                 known = [p.name for p in spec.stream_params] + list(spec.init_params) + list(
@@ -316,7 +398,14 @@ class _IO:
         return Stream(self._client, Ref(SourceNode([s.fixed() for s in sources])))
 
     def Output(self, stream: Stream, targets: Sequence):
-        """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream)."""
+        """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream):
+        ``sp.NamedStream``/``sp.NamedVideoStream``, or ``sp.FilesStream`` (a file per element)."""
         from .run import Output
+        from .sources.files import FilesOutput, FilesStream
 
+        if isinstance(targets, (list, tuple)) and targets and all(
+                isinstance(t, FilesStream) for t in targets):
+            if not isinstance(stream, Stream):
+                raise ScannerTypeError(f"sc.io.Output takes a Stream, got {type(stream).__name__}")
+            return FilesOutput(stream, targets)
         return Output(stream, targets)

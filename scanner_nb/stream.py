@@ -290,9 +290,12 @@ class Stream(DaskMethodsMixin):
         return self.lengths[stream_index]
 
     def save_mp4(self, path: str, stream_index: int = 0, fps: float | None = None) -> str:
-        """Encode one frame stream to an H.264 mp4 at exactly ``path`` (partitions streamed)."""
+        """Encode one frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has no
+        extension, as Scanner did; partitions streamed); returns the path written."""
+        from .sources.stored import mp4_path
         from .video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream, not {self.type_name}")
         self._check_stream(stream_index)

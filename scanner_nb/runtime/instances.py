@@ -104,18 +104,21 @@ def _fetch_once(ctx: OpContext, kernel: Kernel) -> None:
 
 
 def tune_allocator() -> bool:
-    """Undo the slow-down Dask's worker environment gives numpy (once per process).
+    """Undo the slow-down glibc's defaults give frame-sized arrays in threads (once per process).
 
     Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``. Setting any such glibc
     variable also freezes the mmap threshold at 128 KiB, so every frame-sized numpy temporary is
     mmapped, page-faulted and unmapped again: a 360p float op measured 26 ms a frame instead of
-    5 ms. Where that variable is set, raise the mmap threshold to 32 MiB and the trim threshold
-    to 64 MiB (memory above that is still returned to the system). Returns whether it tuned.
+    5 ms. Without it, the threads of the local scheduler still return each partition's frames
+    to the system (their arenas trim at twice the mmap threshold) and page-fault them again: an
+    OpenCV decode of 720p JPEGs ran 1.6x its main-thread loop. Unless the user set
+    ``MALLOC_MMAP_THRESHOLD_``, raise the mmap threshold to 32 MiB and the trim threshold to
+    64 MiB (memory above that is still returned to the system). Returns whether it tuned.
     """
     if _TUNED:
         return _TUNED[0]
     tuned = False
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         try:
             libc = ctypes.CDLL("libc.so.6")
             tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(

@@ -145,7 +145,7 @@ def _call(ctx: OpContext, method, stream: int, row: int, *args):
 
 
 def _make_batch(stream, rows, elements, nulls, type_name) -> Batch:
-    if type_name == "FrameType" and nulls is None:
+    if type_name == "FrameType" and nulls is None and not isinstance(elements, np.ndarray):
         elements = _stack(elements)
     return Batch(stream, rows, elements, nulls, type_name)
 
@@ -184,6 +184,8 @@ def _execute(ctx: OpContext, kernel: Kernel, stream: int, rows: np.ndarray, wind
         return [None if (mask is not None and mask[p]) else elems[p] for p in taps[i].tolist()]
 
     out_elements = [[None] * len(feed) for _ in range(n_out)]
+    # a batch op returning one numpy array per chunk: keep the arrays, no split and re-stack
+    arrays: list | None = [] if spec.output_layout == "seq" else None
     restart = window.restart
     chunk = min(spec.batch, ctx.work_packet or spec.batch) if spec.batched else 1
     i = 0
@@ -203,7 +205,14 @@ def _execute(ctx: OpContext, kernel: Kernel, stream: int, rows: np.ndarray, wind
             except Exception as exc:
                 raise KernelError(spec.name, stream, row, exc) from exc
             _store(spec, produced, live, out_elements, stream, row)
+            if arrays is not None and isinstance(produced, np.ndarray) and produced.ndim > 1:
+                arrays.append(produced)
+            else:
+                arrays = None
         i = j
+    if arrays and (window.keep is None or window.keep.all()) and not null_rows.any() and len(
+            {a.shape[1:] + (a.dtype,) for a in arrays}) == 1:
+        return [(arrays[0] if len(arrays) == 1 else np.concatenate(arrays), None)]
     kept = np.flatnonzero(window.keep) if window.keep is not None else np.arange(len(feed))
     nulls = null_rows[kept]
     return [([elems[p] for p in kept.tolist()], nulls if nulls.any() else None)

@@ -14,7 +14,32 @@ from ..types import Batch
 from .base import Source
 from .video import VideoFileSource
 
-__all__ = ["NamedStream", "NamedVideoStream"]
+__all__ = ["NamedStream", "NamedVideoStream", "StreamStorage", "mp4_path"]
+
+
+def mp4_path(path: str | os.PathLike) -> str:
+    """``path``, with ``.mp4`` added when it has no extension (as Scanner's ``save_mp4``).
+
+    Examples
+    --------
+    >>> mp4_path("out/clip"), mp4_path("clip.mov")
+    ('out/clip.mp4', 'clip.mov')
+    """
+    path = os.fspath(path)
+    return path if os.path.splitext(path)[1] else path + ".mp4"
+
+
+class StreamStorage:
+    """What ``stream.storage()`` returns, Scanner's storage backend: ``delete(sc, streams)``
+    deletes several streams at once."""
+
+    def delete(self, sc, streams) -> None:
+        """Delete each of ``streams`` (stored streams, a video's index, files)."""
+        for stream in streams:
+            stream.delete(sc)
+
+    def __repr__(self) -> str:
+        return "StreamStorage()"
 
 
 def _read_stored(db, name: str, manifest: dict, stream: int, rows: np.ndarray) -> Batch:
@@ -113,10 +138,14 @@ class NamedStream(Source):
         """The elements, lazily; ``rows=[...]`` reads only the chunks holding them."""
         return self.db.load(self.name, rows)
 
-    def delete(self) -> None:
-        """Remove the stored stream."""
+    def delete(self, sc=None) -> None:
+        """Remove the stored stream (``sc``, Scanner's client argument, is optional)."""
         self.forget()
         self.db.delete(self.name)
+
+    def storage(self) -> StreamStorage:
+        """Scanner's storage backend of the stream: ``stream.storage().delete(sc, streams)``."""
+        return StreamStorage()
 
     @property
     def zarr_path(self) -> str:
@@ -161,9 +190,11 @@ class NamedStream(Source):
         return None if shape is None else int(np.prod(shape))
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
-        """Encode a stored frame stream to an H.264 mp4 at exactly ``path``."""
+        """Encode a stored frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has
+        no extension); returns the path written."""
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream; {self.name!r} holds {self.type_name}")
         encode_mp4((f for f in self.load() if f is not None), path, fps=fps or self.fps)
@@ -237,7 +268,7 @@ class NamedVideoStream(NamedStream):
         return (f for start in range(0, len(wanted), 64)  # bounded memory: a piece at a time
                 for f in self._file.read(wanted[start:start + 64]))
 
-    def delete(self) -> None:
+    def delete(self, sc=None) -> None:
         if self._file is None:
             return super().delete()
         self._file.forget()
@@ -292,6 +323,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         encode_mp4(self.load(), path, fps=fps or self.fps)
         return path
 
