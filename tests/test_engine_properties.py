@@ -17,8 +17,8 @@ from typing import Any
 
 import dask
 import engine_reference as ref
-from engine_ops import Summing
 import pytest
+from engine_ops import Summing
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
