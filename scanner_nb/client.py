@@ -231,8 +231,10 @@ class Client:
             self._gpu_usable = bool(found) and all(found.values())
         return self._gpu_usable
 
-    def instance_key(self, node: OpNode) -> str:
-        """The key kernel instances of ``node`` are shared under: op version and init args."""
+    @staticmethod
+    def instance_key(node: OpNode) -> str:
+        """The key kernel instances of ``node`` are shared under: op version and init args (a
+        plain function: it travels with graphs to a remote scheduler)."""
         return f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
 
     def compute_collections(self, collections: Sequence, progress: bool | None = None,

@@ -8,13 +8,13 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dask.base import DaskMethodsMixin, tokenize
-from dask.highlevelgraph import HighLevelGraph
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from . import runtime
 from .errors import RowIndexError, ScannerTypeError
@@ -47,6 +47,7 @@ class Stream(DaskMethodsMixin):
         self._ref = ref
         self._view = view or View()
         self._built: Built | None = None
+        self._request: _Request | None = None
 
     # ------------------------------------------------------------ what it is
     @property
@@ -123,12 +124,21 @@ class Stream(DaskMethodsMixin):
             size = view.partition_size
             size = self._client.partition_size if size == "session" else size
             session = self._client.session
+            asked: list = []
+
+            def workers():
+                if not asked:
+                    asked.append(session.workers())
+                return asked[0]
+
             self._built = build_graph(self._ref, requested, size, session.token,
-                                      self._client.instance_key, view.work_packet,
-                                      session.workers, view.in_place)
-            for keys in self._built.keys.values():
-                for k in keys[:1]:
-                    _BUILT[k[0]] = self
+                                      self._client.instance_key, view.work_packet, workers,
+                                      view.in_place)
+            built = self._built
+            self._request = _Request(
+                (session.token, size, view.work_packet, view.in_place), self._client.instance_key,
+                self._ref, requested, built.keys, built.rows, frozenset(built.graph.layers),
+                tuple(asked[0] or ()) if asked else None)
         return self._built
 
     def _requested_rows(self) -> dict:
@@ -147,7 +157,11 @@ class Stream(DaskMethodsMixin):
         return _optimize_together(dsk, keys)
 
     def __dask_graph__(self) -> HighLevelGraph:
-        return self._build().graph
+        graph = self._build().graph
+        marker = f"{_REQUEST}-{tokenize(self)}"  # what __dask_optimize__ needs, in the graph
+        return HighLevelGraph({**graph.layers, marker: MaterializedLayer(
+            {}, collection_annotations={_REQUEST: self._request})},
+            {**graph.dependencies, marker: set()})
 
     def __dask_keys__(self) -> list:
         built = self._build()
@@ -156,7 +170,7 @@ class Stream(DaskMethodsMixin):
     def __dask_layers__(self) -> tuple:
         built = self._build()
         return tuple({k[0] for keys in built.keys.values() for k in keys}) or tuple(
-            built.graph.layers)
+            self.__dask_graph__().layers)
 
     def __dask_tokenize__(self):
         view = self._view
@@ -405,39 +419,44 @@ class Stream(DaskMethodsMixin):
             return f"<pre>{html.escape(repr(self))}</pre>"
 
 
-_BUILT: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # root layer -> Stream
+_REQUEST = "scanner-nb-request"
+
+
+@dataclass(frozen=True, eq=False)
+class _Request:
+    """What the optimizer needs of one Stream to compute it together with others.
+
+    It travels inside the Stream's graph (an empty layer's ``collection_annotations``), since
+    Dask materializes graphs, and so runs ``__dask_optimize__``, where the scheduler is: in
+    another process for a remote ``distributed`` scheduler.
+    """
+
+    setting: tuple  # session token, partition size, work packet, in place: must agree
+    instance_key: Callable
+    ref: Ref
+    requested: dict
+    keys: dict  # stream -> the Stream's partition keys (the union computes them under these)
+    rows: dict  # stream -> rows of each of those partitions
+    layers: frozenset  # the Stream's own layers, which the union replaces
+    workers: tuple | None  # the cluster's workers, where building asked for them
 
 
 def _optimize_together(dsk, keys):
-    from dask.core import flatten
-
-    streams: dict[int, Stream] = {}
-    names = {k[0] if isinstance(k, tuple) else k for k in flatten(keys)}
-    for name in list(names):  # dask.compute asks for a finalize key over each collection's keys
-        names.update(dsk.dependencies.get(name, ()))
-    for name in names:
-        stream = _BUILT.get(name)
-        if stream is not None:
-            streams.setdefault(id(stream), stream)
-    streams_ = list(streams.values())
-    if len(streams_) < 2:
-        return dsk
-    first = streams_[0]
-    setting = (first._client.session, first._client.partition_size, first._view.partition_size,
-               first._view.work_packet)
-    if any((s._client.session, s._client.partition_size, s._view.partition_size,
-            s._view.work_packet) != setting or s._view.in_place for s in streams_):
-        return dsk
-    size = first._view.partition_size
-    size = first._client.partition_size if size == "session" else size
-    session = first._client.session
-    requests = [(s._ref, s._requested_rows(), s._build().keys, s._build().rows) for s in streams_]
-    union = build_union(requests, size, session.token, first._client.instance_key,
-                        first._view.work_packet, session.workers)
-    ours = {name for s in streams_ for name in s._build().graph.layers}
+    markers = {n for n in dsk.layers if n.startswith(_REQUEST)}
+    requests = [dsk.layers[n].collection_annotations[_REQUEST] for n in sorted(markers)]
+    ours, union = set(markers), HighLevelGraph({}, {})
+    if len(requests) > 1 and all(r.setting == requests[0].setting for r in requests) and not (
+            requests[0].setting[3]):  # in place: each result array is its own
+        first = requests[0]
+        session, size, work_packet, _ = first.setting
+        workers = None if first.workers is None else (lambda: list(first.workers))
+        union = build_union([(r.ref, r.requested, r.keys, r.rows) for r in requests], size,
+                            session, first.instance_key, work_packet, workers)
+        ours.update(*(r.layers for r in requests))
     layers = {n: layer for n, layer in dsk.layers.items() if n not in ours}  # finalize tasks
     deps = {n: (set(dsk.dependencies.get(n, ())) - ours) | (
-        set(union.layers) if set(dsk.dependencies.get(n, ())) & ours else set()) for n in layers}
+        set(union.layers) if set(dsk.dependencies.get(n, ())) & (ours - markers) else set())
+        for n in layers}
     return HighLevelGraph({**layers, **union.layers}, {**deps, **union.dependencies})
 
 
