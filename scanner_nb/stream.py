@@ -8,10 +8,14 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 from __future__ import annotations
 
 import copy
+import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import numpy as np
 from dask.base import DaskMethodsMixin, tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
@@ -440,10 +444,32 @@ class _Request:
     layers: frozenset  # the Stream's own layers, which the union replaces
     workers: tuple | None  # the cluster's workers, where building asked for them
 
+    def __reduce__(self):
+        """By value for a scheduler in another process; a plan that does not pickle (a stored
+        stream's handle, elements that travel only by their type's serializer) goes by
+        reference to this process, where an in-process scheduler finds it (a remote one finds
+        ``None`` and computes the Streams apart: right results, shared work done for each)."""
+        fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+        try:
+            cloudpickle.dumps(fields)
+        except Exception:
+            key = uuid.uuid4().hex
+            _HERE[key] = self
+            return (_made_here, (key,))
+        return (_Request, fields)
+
+
+_HERE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> request made here
+
+
+def _made_here(key: str) -> _Request | None:
+    return _HERE.get(key)
+
 
 def _optimize_together(dsk, keys):
     markers = {n for n in dsk.layers if n.startswith(_REQUEST)}
     requests = [dsk.layers[n].collection_annotations[_REQUEST] for n in sorted(markers)]
+    requests = [r for r in requests if r is not None]
     ours, union = set(markers), HighLevelGraph({}, {})
     if len(requests) > 1 and all(r.setting == requests[0].setting for r in requests) and not (
             requests[0].setting[3]):  # in place: each result array is its own
