@@ -8,10 +8,10 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -452,7 +452,7 @@ class _Request:
         fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
         try:
             cloudpickle.dumps(fields)
-        except Exception:
+        except Exception:  # noqa: BLE001 - what does not pickle raises many kinds
             key = uuid.uuid4().hex
             _HERE[key] = self
             return (_made_here, (key,))
