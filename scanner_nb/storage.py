@@ -30,7 +30,7 @@ and loaded at the speed of ``numpy.save`` / ``numpy.load``. Chunks are whole fil
 partial last chunk is padded, as Zarr requires.
 
 This module is a leaf: it imports only :mod:`scanner_nb.errors`, :mod:`scanner_nb.types`,
-numpy, fsspec, numcodecs and the standard library.
+:mod:`scanner_nb.log`, numpy, fsspec, numcodecs and the standard library.
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ from .errors import RowIndexError, ScannerValueError, StorageError
 from .errors import StreamExistsError, StreamNotFoundError
 from .names import _name_problem, default_db_path, validate_name
 from .types import Batch, StreamType, lookup_type, stack_elements
+from .log import get_logger
+
+_log = get_logger("storage")
 
 __all__ = ["validate_name", "default_db_path", "Database", "StreamWriter", "DEFAULT_CODEC"]
 
@@ -660,6 +663,9 @@ class Database:
                 continue
             _rmtree(self.fs, version_dir)
             removed.append(base)
+        if removed:
+            _log.info("stream %r: swept %d leftover version(s) of failed runs: %s", name,
+                      len(removed), ", ".join(removed))
         return removed
 
     # writing ---------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from scanner_nb.errors import (
     VideoError,
     VideoNotFoundError,
 )
+from scanner_nb.log import get_logger
 
 __all__ = [
     "VideoIndex",
@@ -73,6 +74,7 @@ _CACHE_VERSION = 1
 _MAX_READERS_PER_FILE = max(4, os.cpu_count() or 1)
 _MAX_FILES_WITH_IDLE_READERS = 16
 _SEEK_RETRIES = 3
+_log = get_logger("video")
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,10 +265,12 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
         cache_file = index_cache_path(abspath, cache_dir)
         cached = _load_cached_index(cache_file, abspath, st)
         if cached is not None:
+            _log.debug("index of %r read from the cache %r", abspath, cache_file)
             return cached
     index = _demux_index(abspath, st)
     if cache_file is not None:
         _save_cached_index(cache_file, index)
+        _log.debug("indexed %r (%d frames), cached in %r", abspath, len(index), cache_file)
     return index
 
 
@@ -663,6 +667,8 @@ class _Reader:
                             continue  # before decoding (re)starts at a keyframe: not trusted
                         if r > target and attempt < _SEEK_RETRIES:
                             attempt += 1  # landed past the keyframe: seek further back
+                            _log.debug("%r: a seek for row %d landed past its keyframe; seeking "
+                                       "further back (attempt %d)", index.path, target, attempt)
                             self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
                             continue
                         fresh = False
