@@ -45,6 +45,10 @@ class Client:
         of other elements, whole groups of pictures for videos (see README, "Partitions").
     show_progress : bool
         Whether ``compute()`` shows a progress bar (a widget in Jupyter, text in a terminal).
+    storage_options : dict, optional
+        fsspec's options for ``db_path`` and for video inputs given by URL (``s3://...``):
+        an endpoint, credentials, ... They travel with the graph, so every worker reads and
+        writes the store with them (no environment to set on each worker).
 
     Examples
     --------
@@ -54,13 +58,18 @@ class Client:
     """
 
     def __init__(self, address: Any = None, db_path: str | None = None,
-                 partition_size: int | None = None, show_progress: bool = True):
+                 partition_size: int | None = None, show_progress: bool = True,
+                 storage_options: dict | None = None):
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
         self.token = uuid.uuid4().hex
         self.partition_size = partition_size
         self.show_progress = show_progress
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise ScannerTypeError(
+                f"storage_options must be a dict, got {type(storage_options).__name__}")
+        self.storage_options = dict(storage_options or {})
         self._db_path = db_path
         self._db = None
         self._gpu_usable: bool | None = None
@@ -76,9 +85,12 @@ class Client:
     def db(self):
         """The database of stored streams (``db_path``)."""
         if self._db is None:
+            from .fsio import check_access
             from .storage import Database, default_db_path
 
-            self._db = Database(self._db_path or default_db_path())
+            url = self._db_path or default_db_path()
+            check_access(url, self.storage_options)  # no credentials: say so before any work
+            self._db = Database(url, storage_options=self.storage_options)
         return self._db
 
     @property

@@ -53,6 +53,7 @@ from scanner_nb.errors import (
     VideoError,
     VideoNotFoundError,
 )
+from scanner_nb.fsio import file_stat, is_url, location, open_binary
 from scanner_nb.log import get_logger
 
 __all__ = [
@@ -98,7 +99,7 @@ class VideoIndex:
     Attributes
     ----------
     path : str
-        Absolute path of the file.
+        Absolute path of the file, or its fsspec URL (``s3://...``).
     width, height : int
         Frame size in pixels.
     fps : float
@@ -115,6 +116,8 @@ class VideoIndex:
         The file's size and modification time when it was indexed (0 if unknown).
     stream_index : int
         Which of the container's streams holds the video.
+    storage_options : dict
+        For a URL: the fsspec options it is opened with (travel with the index to workers).
 
     Examples
     --------
@@ -135,6 +138,7 @@ class VideoIndex:
     size: int = 0
     mtime_ns: int = 0
     stream_index: int = 0
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False)
     _key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -210,7 +214,12 @@ class VideoIndex:
         return int(self.keyframes[np.searchsorted(self.keyframes, r, side="right") - 1])
 
 
-def _stat(path: str) -> os.stat_result:
+def _stat(path: str, storage_options: dict | None = None) -> os.stat_result:
+    if is_url(path):
+        try:
+            return file_stat(path, storage_options)  # type: ignore[return-value]
+        except FileNotFoundError:
+            raise VideoNotFoundError(f"video file not found: {path!r}") from None
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -222,7 +231,8 @@ def _stat(path: str) -> os.stat_result:
     return st
 
 
-def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> VideoIndex:
+def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                storage_options: dict | None = None) -> VideoIndex:
     """Index a video file by demuxing it: frame timestamps and keyframes, no decoding.
 
     The frame count and the rows come from the packets, not from container metadata, so they
@@ -234,9 +244,11 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     Parameters
     ----------
     path : str or os.PathLike
-        The video file.
+        The video file: a path, or an fsspec URL (``s3://bucket/movie.mp4``).
     cache_dir : str or os.PathLike, optional
         Folder for cached indexes (created if needed). ``None``: no cache.
+    storage_options : dict, optional
+        For a URL: fsspec's options (endpoint, credentials), kept in the index.
 
     Returns
     -------
@@ -258,16 +270,17 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     >>> len(index), index.width, index.height, index.fps, index.keyframes.tolist()
     (30, 160, 96, 24.0, [0, 10, 20])
     """
-    abspath = os.path.abspath(os.fspath(path))
-    st = _stat(abspath)
+    abspath = location(path)
+    options = dict(storage_options or {}) if is_url(abspath) else {}
+    st = _stat(abspath, options)
     cache_file = None
     if cache_dir is not None:
         cache_file = index_cache_path(abspath, cache_dir)
-        cached = _load_cached_index(cache_file, abspath, st)
+        cached = _load_cached_index(cache_file, abspath, st, options)
         if cached is not None:
             _log.debug("index of %r read from the cache %r", abspath, cache_file)
             return cached
-    index = _demux_index(abspath, st)
+    index = _demux_index(abspath, st, options)
     if cache_file is not None:
         _save_cached_index(cache_file, index)
         _log.debug("indexed %r (%d frames), cached in %r", abspath, len(index), cache_file)
@@ -276,12 +289,13 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
 
 def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike) -> str:
     """Where :func:`index_video` caches the index of ``path`` in ``cache_dir``."""
-    abspath = os.path.abspath(os.fspath(path))
+    abspath = location(path)
     digest = hashlib.sha1(abspath.encode("utf-8", "surrogatepass")).hexdigest()
     return os.path.join(os.fspath(cache_dir), digest + ".vidx.npz")
 
 
-def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result) -> VideoIndex | None:
+def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
+                       storage_options: dict | None = None) -> VideoIndex | None:
     try:
         with np.load(cache_file, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -308,6 +322,7 @@ def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result) -> Vid
             size=st.st_size,
             mtime_ns=st.st_mtime_ns,
             stream_index=int(meta["stream_index"]),
+            storage_options=dict(storage_options or {}),
         )
     except (KeyError, ValueError, TypeError, ZeroDivisionError):
         return None
@@ -347,9 +362,13 @@ def _save_cached_index(cache_file: str, index: VideoIndex) -> None:
                 pass
 
 
-def _open_container(path: str) -> Any:
+def _open_container(path: str, storage_options: dict | None = None) -> Any:
+    try:  # a URL's file object is closed when the container lets go of it (PyAV keeps it)
+        source = open_binary(path, storage_options) if is_url(path) else path
+    except FileNotFoundError:
+        raise VideoNotFoundError(f"video file not found: {path!r}") from None
     try:
-        return av.open(path, mode="r", metadata_errors="ignore")
+        return av.open(source, mode="r", metadata_errors="ignore")
     except _AV_ERRORS as e:
         raise VideoError(f"cannot open {path!r} as a video: {_describe(e)}") from None
 
@@ -367,8 +386,8 @@ def _pick_video_stream(container: Any, path: str) -> Any:
     raise VideoError(f"{path!r} has no video track (no video stream with frames was found)")
 
 
-def _demux_index(path: str, st: os.stat_result) -> VideoIndex:
-    container = _open_container(path)
+def _demux_index(path: str, st: os.stat_result, storage_options: dict | None = None) -> VideoIndex:
+    container = _open_container(path, storage_options)
     with container:
         stream = _pick_video_stream(container, path)
         for other in container.streams:
@@ -425,6 +444,7 @@ def _demux_index(path: str, st: os.stat_result) -> VideoIndex:
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
         stream_index=int(stream_index),
+        storage_options=dict(storage_options or {}),
     )
 
 
@@ -538,7 +558,7 @@ class _Reader:
 
     def _open(self) -> None:
         index = self.index
-        self.container = _open_container(index.path)
+        self.container = _open_container(index.path, index.storage_options)
         self.at_start = True  # nothing demuxed yet: decoding starts at the first packet
         try:
             self.stream = self.container.streams[index.stream_index]
@@ -813,7 +833,7 @@ def close_readers(path: str | os.PathLike | None = None) -> None:
     Readers in use by another thread are left alone. The next :func:`read_frames` opens the
     file again.
     """
-    _pool.close(None if path is None else os.path.abspath(os.fspath(path)))
+    _pool.close(None if path is None else location(path))
 
 
 def read_frames(
@@ -889,7 +909,7 @@ def read_frames(
     if target is None or inverse is not None:
         target = np.empty((len(rows_a), index.height, index.width, 3), dtype=np.uint8)
     if len(rows_a):
-        st = _stat(index.path)  # a file removed since indexing is "not found", not "corrupt"
+        st = _stat(index.path, index.storage_options)  # a file removed since indexing is "not found", not "corrupt"
         if index.size and (st.st_size, st.st_mtime_ns) != (index.size, index.mtime_ns):
             raise VideoError(
                 f"video file {index.path!r} changed since it was indexed; index it again"

@@ -31,9 +31,13 @@ class VideoFileSource:
 
     type_name = "FrameType"
 
-    def __init__(self, name: str, path: str, cache_dir: str | None):
+    def __init__(self, name: str, path: str, cache_dir: str | None,
+                 storage_options: dict | None = None):
+        from ..fsio import location
+
         self.name = name
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = location(path)  # a URL (s3://...) is read on the workers with these options
+        self.storage_options = storage_options
         self.cache_dir = cache_dir
         self.label = f"NamedVideoStream {name!r}"
         self.token = uuid.uuid4().hex
@@ -46,7 +50,7 @@ class VideoFileSource:
             from ..video import index_video
 
             try:
-                self._index = index_video(self.path, self.cache_dir)
+                self._index = index_video(self.path, self.cache_dir, self.storage_options)
             except VideoError as exc:  # name the stream as well as the file
                 raise type(exc)(f"NamedVideoStream {self.name!r}: {exc}") from None
         return self._index
