@@ -75,6 +75,11 @@ _CACHE_VERSION = 1
 _MAX_READERS_PER_FILE = max(4, os.cpu_count() or 1)
 _MAX_FILES_WITH_IDLE_READERS = 16
 _SEEK_RETRIES = 3
+#: PyAV 18 decodes container metadata strictly unless told otherwise; from 19 on it never fails
+#: on metadata (undecodable bytes are escaped) and takes no such option.
+_OPEN_OPTIONS: dict[str, str] = (
+    {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+)
 _log = get_logger("video")
 
 
@@ -368,7 +373,7 @@ def _open_container(path: str, storage_options: dict | None = None) -> Any:
     except FileNotFoundError:
         raise VideoNotFoundError(f"video file not found: {path!r}") from None
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        return av.open(source, mode="r", **_OPEN_OPTIONS)
     except _AV_ERRORS as e:
         raise VideoError(f"cannot open {path!r} as a video: {_describe(e)}") from None
 
