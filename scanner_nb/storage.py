@@ -54,9 +54,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import RowIndexError, ScannerValueError, StorageError
 from .errors import StreamExistsError, StreamNotFoundError
+from .log import get_logger
 from .names import _name_problem, default_db_path, validate_name
 from .types import Batch, StreamType, lookup_type, stack_elements
-from .log import get_logger
 
 _log = get_logger("storage")
 
