@@ -187,7 +187,8 @@ class Probe:
         return not self._prefetching
 
     def wrap_fetch(self, preview) -> None:
-        orig = preview._fetch
+        panel = preview.panels[0]
+        orig = panel.fetch
 
         def fetch(stream, row):
             t = time.perf_counter()
@@ -197,7 +198,7 @@ class Probe:
                 self.last_element = element
             return element
 
-        preview._fetch = fetch
+        panel.fetch = fetch
 
     def reset(self) -> None:
         self.read.clear(), self.fetch.clear(), self.encode.clear()

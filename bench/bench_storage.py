@@ -1,37 +1,29 @@
-"""Store and load frames: scanner_nb.storage and ``sc.run`` vs numpy.save / numpy.load, and
-the peak memory of ``sc.run`` over a 1080p video vs a streaming PyAV loop.
+"""Stored frames: bytes on disk and store/load speed of the default (compressed video),
+``lossless()`` and ``compress_video(quality=...)``, against the source mp4 and numpy.save /
+numpy.load; and the peak memory of ``sc.run`` over a 1080p video vs a streaming PyAV loop.
 
 Usage::
 
     .venv/bin/python bench/bench_storage.py               # everything below, full size
     .venv/bin/python bench/bench_storage.py --quick       # smaller sizes, fewer repetitions
-    .venv/bin/python bench/bench_storage.py --only run    # one part: storage, run or memory
-    .venv/bin/python bench/bench_storage.py --codecs      # also compare candidate frame codecs
+    .venv/bin/python bench/bench_storage.py --only formats   # one part: formats or memory
 
-Part ``storage`` (the Database directly): 2,000 frames of 640x360x3. Frames are smooth moving
-gradients plus mild sensor-like noise (realistic for decoded video: neither all zeros nor pure
-noise). Everything is written to a temporary folder on local disk and removed between
-repetitions; reads come from the page cache for both sides, as they would right after a run.
-One untimed warm-up round runs first, then the configurations take turns in each round so that
-they share the machine's load alike. "write" times ``begin`` + every ``write_chunk`` +
-``commit`` (chunk_rows=64, one thread, as numpy.save is); "load" iterates
-``Database.load(name)`` over every frame; numpy's are ``numpy.save`` and ``numpy.load`` of the
-same ``(n, 360, 640, 3)`` array. Throughput is the raw frame bytes (MB = 1e6 bytes) over the
-median time.
-
-Part ``run`` (the user's path): the same frames as ``sc.io.Input([sp.MemoryStream(frames)])``
-stored with ``sc.run(sc.io.Output(..., [sp.NamedVideoStream(sc, "clip")]),
-sp.PerfParams.estimate())`` on the threaded client (all cores), then read back by iterating
-``NamedStream.load()``; against numpy.save / numpy.load of the array. Target: >= 0.7x numpy.
+Part ``formats`` (the user's path): a 640x360 H.264 clip made once with
+``scanner_nb.samples.make_video`` (keyframe every 30 frames, CRF 18, kept in ``bench/out/``)
+is decoded to an ``(n, 360, 640, 3)`` array, the "decoded clip". Each way of storing it runs
+``sc.run(sc.io.Output(sc.io.Input([sp.MemoryStream(frames)])[.choice()],
+[sp.NamedVideoStream(sc, "clip")]), sp.PerfParams.manual(64, 64))`` on the threaded client
+(all cores) and then iterates ``load()`` over every frame; numpy's row is ``numpy.save`` /
+``numpy.load`` of the array. Columns: bytes on disk (and x the source mp4), PSNR of what loads
+back against the decoded clip, store and load frames/s (medians, runs interleaved). Targets:
+the default is <= 1.5x the source's bytes at PSNR >= 40 dB, and store + load time is no worse
+than the lossless path's.
 
 Part ``memory``: the peak resident memory (``VmHWM`` of a fresh subprocess per case, so
 each starts from nothing) of ``sc.run`` storing a 1080p H.264 clip through a trivial op
 (identity, frames in and out) with ``PerfParams.estimate()``, next to a streaming PyAV loop
-that decodes the same clip frame by frame. Clips are made once with
-``scanner_nb.samples.make_video`` (1920x1080, keyframe every 30 frames) and kept in
-``bench/out/``. Target: under 1 GiB and flat as the clip grows (900 vs 3,000 frames).
-A video partition holds whole groups of pictures, so memory follows the keyframe interval, not
-the clip's length: ``--gop 250`` (x264's default) shows the cost of long GOPs at 1080p.
+that decodes the same clip frame by frame. Target: under 1 GiB and flat as the clip grows
+(900 vs 3,000 frames). ``--gop 250`` (x264's default) shows the cost of long GOPs at 1080p.
 """
 
 from __future__ import annotations
@@ -46,198 +38,120 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from scanner_nb import storage  # noqa: E402
-from scanner_nb.storage import DEFAULT_CODEC, Database  # noqa: E402
-from scanner_nb.types import Batch  # noqa: E402
+from benchlib import clip
 
-CANDIDATES = {
-    "blosc-lz4-1": {"id": "blosc", "cname": "lz4", "clevel": 1, "shuffle": 0, "blocksize": 0},
-    "blosc-lz4-1-bitshuffle": {"id": "blosc", "cname": "lz4", "clevel": 1, "shuffle": 2,
-                               "blocksize": 0},
-    "blosc-zstd-1": {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 0, "blocksize": 0},
-    "blosc-zstd-1-bitshuffle": {"id": "blosc", "cname": "zstd", "clevel": 1, "shuffle": 2,
-                                "blocksize": 0},
-    "blosc-blosclz-1": {"id": "blosc", "cname": "blosclz", "clevel": 1, "shuffle": 0,
-                        "blocksize": 0},
-    "none (raw)": None,
-}
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
-def make_frames(n: int, height: int = 360, width: int = 640, seed: int = 0,
-                content: str = "gradient") -> np.ndarray:
-    """``n`` frames, ``uint8`` ``(n, H, W, 3)``: moving smooth gradients with mild noise, or
-    (``content="flat"``) the same posterized to 16 levels without noise, like animation or a
-    screen recording, where compression pays."""
-    rng = np.random.default_rng(seed)
-    y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
-    x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
-    noise = rng.integers(-3, 4, size=(8, height, width, 3), dtype=np.int16)
-    out = np.empty((n, height, width, 3), dtype=np.uint8)
-    for i in range(n):
-        t = np.float32(i / 30.0)
-        frame = np.empty((height, width, 3), dtype=np.int16)
-        frame[..., 0] = 127 + 100 * np.sin(6 * x + t) * np.cos(4 * y - t)
-        frame[..., 1] = 127 + 100 * np.sin(3 * y + 2 * t + x)
-        frame[..., 2] = 255 * (x * y) * (0.8 + 0.2 * np.sin(t))
-        if content == "flat":
-            frame = (frame // 16) * 16
-        else:
-            frame += noise[i % len(noise)]
-        np.clip(frame, 0, 255, out=frame)
-        out[i] = frame
-    return out
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    total = 0.0
+    for start in range(0, len(a), 64):  # in pieces: float copies of a whole clip are large
+        total += float(np.sum((a[start:start + 64].astype(np.float32)
+                               - b[start:start + 64]) ** 2))
+    mse = total / a.size
+    return 10 * np.log10(255.0**2 / mse) if mse else float("inf")
 
 
-def store(db: Database, name: str, frames: np.ndarray, chunk_rows: int, threads: int = 1):
-    n = len(frames)
-    writer = db.begin(name, "FrameType", n, chunk_rows)
+def decoded(path: str) -> np.ndarray:
+    import av
 
-    def one(k):
-        rows = np.arange(k * chunk_rows, min(n, (k + 1) * chunk_rows))
-        return writer.write_chunk(k, Batch(0, rows, frames[rows[0]:rows[-1] + 1], None,
-                                           "FrameType"))
-
-    ks = range(writer.num_chunks)
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            infos = list(pool.map(one, ks))
-    else:
-        infos = [one(k) for k in ks]
-    writer.commit(infos)
+    with av.open(path) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-def consume(iterator) -> int:
-    count = 0
-    for _ in iterator:
-        count += 1
-    return count
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path)
+               for f in files)
 
 
-def run_db(frames, root, codec, chunk_rows, threads=1):
-    db = Database(root, codec=codec)
-    t0 = time.perf_counter()
-    store(db, "clip", frames, chunk_rows, threads)
-    t1 = time.perf_counter()
-    count = consume(db.load("clip"))
-    t2 = time.perf_counter()
-    assert count == len(frames)
-    manifest = db.manifest("clip")
-    t3 = time.perf_counter()
-    whole = np.empty(frames.shape, frames.dtype)
-    for k in range(manifest["num_chunks"]):
-        db.read_chunk("clip", k, manifest, out=whole[k * chunk_rows:(k + 1) * chunk_rows])
-    t4 = time.perf_counter()
-    del whole
-    shutil.rmtree(root)
-    return t1 - t0, t2 - t1, t4 - t3, manifest["nbytes"]
-
-
-def run_numpy(frames, root, *_):
-    path = root + ".npy"
-    t0 = time.perf_counter()
+def run_numpy(frames, tmp):
+    path = os.path.join(tmp, "frames.npy")
+    t = time.perf_counter()
     np.save(path, frames)
-    t1 = time.perf_counter()
+    store = time.perf_counter() - t
+    t = time.perf_counter()
     back = np.load(path)
-    t2 = time.perf_counter()
-    assert back.shape == frames.shape
-    del back
-    os.remove(path)
-    return t1 - t0, t2 - t1, t2 - t1, frames.nbytes
+    load = time.perf_counter() - t
+    return store, load, os.path.getsize(path), back
 
 
-def check_exact(frames, tmp, chunk_rows):
-    db = Database(os.path.join(tmp, "check"))
-    store(db, "clip", frames, chunk_rows)
-    back = np.stack(list(db.load("clip")))
-    assert np.array_equal(back, frames), "stored frames did not round-trip bit-exact"
-    shutil.rmtree(os.path.join(tmp, "check"))
-
-
-# -------------------------------------------------------------------------------- part: run
-
-
-def run_scanner(frames, root, *_):
-    """``sc.run`` storing ``frames`` from a MemoryStream, then iterating ``load()``."""
+def run_scanner(frames, tmp, choice):
     import scanner_nb as sp
-    import zarr
 
-    with sp.Client(db_path=root, show_progress=False) as sc:
+    db = os.path.join(tmp, "db")
+    with sp.Client(db_path=db, show_progress=False) as sc:
         source = sc.io.Input([sp.MemoryStream(frames)])
-        t0 = time.perf_counter()
+        source = choice(source) if choice else source
+        t = time.perf_counter()
         (stored,) = sc.run(sc.io.Output(source, [sp.NamedVideoStream(sc, "clip")]),
-                           sp.PerfParams.estimate(), show_progress=False)
-        t1 = time.perf_counter()
-        count = consume(stored.load())
-        t2 = time.perf_counter()
-        whole = zarr.open(stored.zarr_path, mode="r")[:]
-        t3 = time.perf_counter()
-        assert count == len(frames) and whole.shape == frames.shape
-        del whole
-        manifest = stored.manifest()
-    shutil.rmtree(root)
-    return t1 - t0, t2 - t1, t3 - t2, manifest["nbytes"], manifest["chunk_rows"]
+                           sp.PerfParams.manual(64, 64), cache_mode=sp.CacheMode.Overwrite,
+                           show_progress=False)
+        store = time.perf_counter() - t
+        back = np.empty_like(frames)
+        t = time.perf_counter()
+        for i, frame in enumerate(stored.load()):
+            back[i] = frame
+        load = time.perf_counter() - t
+        nbytes = folder_bytes(os.path.join(db, "clip"))
+    shutil.rmtree(db, ignore_errors=True)
+    return store, load, nbytes, back
 
 
-def check_run_exact(frames, tmp):
-    import scanner_nb as sp
-
-    with sp.Client(db_path=os.path.join(tmp, "check-run"), show_progress=False) as sc:
-        (stored,) = sc.run(sc.io.Output(sc.io.Input([sp.MemoryStream(frames)]),
-                                        [sp.NamedVideoStream(sc, "clip")]),
-                           sp.PerfParams.manual(16, 16), show_progress=False)
-        back = np.stack(list(stored.load()))
-    assert np.array_equal(back, frames), "frames stored by sc.run did not round-trip bit-exact"
-    shutil.rmtree(os.path.join(tmp, "check-run"))
-
-
-def part_run(args, frames, reps) -> bool:
-    n, mb = len(frames), frames.nbytes / 1e6
-    print(f"\n== run: sc.run(sc.io.Output(...)) + NamedStream.load() vs numpy, {n} frames "
-          f"640x360x3 = {mb:.0f} MB, threaded client on {os.cpu_count()} cores, "
-          f"PerfParams.estimate(); {reps} repetitions; medians")
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_storage-run-") as tmp:
-        check_run_exact(frames[:40], tmp)
-        configs = [("numpy.save / numpy.load", run_numpy), ("sc.run + load()", run_scanner)]
-        times = {label: [] for label, _ in configs}
-        for rep in range(-1, reps):
-            for label, run in configs:
-                result = run(frames, os.path.join(tmp, f"run-{rep}"))
-                if rep >= 0:
-                    times[label].append(result)
-    med = {label: [statistics.median(t[i] for t in ts) for i in range(3)]
-           for label, ts in times.items()}
-    (np_w, np_r, _), (w, r, a) = med["numpy.save / numpy.load"], med["sc.run + load()"]
-    nbytes, chunk_rows = times["sc.run + load()"][-1][3:5]
-    header = (f"{'':28s} {'store':>6s} {'x np':>6s} {'load':>6s} {'x np':>6s} {'array':>6s} "
-              f"{'x np':>6s} {'s+l':>6s} {'x np':>6s}")
+def part_formats(args) -> bool:
+    n = args.frames or (150 if args.quick else 600)
+    reps = args.reps or (2 if args.quick else 3)
+    os.makedirs(OUT, exist_ok=True)
+    source = clip(OUT, n, 640, 360, gop=30)
+    frames = decoded(source)
+    src_bytes = os.path.getsize(source)
+    print(f"== formats: {n} frames 640x360 decoded from {os.path.basename(source)} "
+          f"({src_bytes / 1e6:.2f} MB), sc.run + load() on the threaded client, "
+          f"{reps} repetitions, medians")
+    quality = args.quality
+    configs = [
+        ("numpy.save / numpy.load", None),
+        ("default (video, CRF 20)", lambda s: s),
+        ("lossless() (Zarr, Blosc LZ4)", lambda s: s.lossless()),
+        (f"compress_video(quality={quality})", lambda s: s.compress_video(quality=quality)),
+    ]
+    results = {label: [] for label, _ in configs}
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_storage-") as tmp:
+        for rep in range(reps):
+            for label, choice in configs:
+                r = run_numpy(frames, tmp) if choice is None else run_scanner(frames, tmp, choice)
+                results[label].append(r)
+    header = (f"{'':32s} {'bytes':>9s} {'x mp4':>6s} {'PSNR':>6s} {'store fps':>9s} "
+              f"{'load fps':>9s} {'store+load s':>12s}")
     print(header)
     print("-" * len(header))
-    print(f"{'numpy.save / numpy.load':28s} {mb / np_w:6.0f} {1:5.2f}x {mb / np_r:6.0f} {1:5.2f}x "
-          f"{mb / np_r:6.0f} {1:5.2f}x {2 * mb / (np_w + np_r):6.0f} {1:5.2f}x")
-    print(f"{'sc.run + load()':28s} {mb / w:6.0f} {np_w / w:5.2f}x {mb / r:6.0f} {np_r / r:5.2f}x "
-          f"{mb / a:6.0f} {np_r / a:5.2f}x {2 * mb / (w + r):6.0f} "
-          f"{(np_w + np_r) / (w + r):5.2f}x")
-    print(f"MB/s of raw frame bytes (median). store: sc.run (graph, read partition, write chunk, "
-          f"commit; {chunk_rows} rows a chunk)\n(numpy.save); load: iterate load() "
-          f"(numpy.load); array: zarr.open(zarr_path)[:] (numpy.load); s+l: store then load;\n"
-          f"stored {nbytes / 1e6:.0f} MB.")
-    both = (np_w + np_r) / (w + r)
-    ok = both >= 0.7
-    print(f"target >= 0.7x numpy for store then load: {'met' if ok else 'NOT met'} ({both:.2f}x; "
-          f"store alone {np_w / w:.2f}x {'>=' if np_w / w >= 0.7 else '<'} 0.7x, load alone "
-          f"{np_r / r:.2f}x {'>=' if np_r / r >= 0.7 else '<'} 0.7x)")
-    return ok
+    print(f"{'source mp4 (CRF 18)':32s} {src_bytes / 1e6:7.2f}MB {1:5.2f}x")
+    summary = {}
+    for label, rs in results.items():
+        store = statistics.median(r[0] for r in rs)
+        load = statistics.median(r[1] for r in rs)
+        nbytes, back = rs[-1][2], rs[-1][3]
+        quality_db = psnr(back, frames)
+        summary[label] = (store + load, nbytes, quality_db)
+        q = "exact" if quality_db == float("inf") else f"{quality_db:5.1f}"
+        print(f"{label:32s} {nbytes / 1e6:7.2f}MB {nbytes / src_bytes:5.2f}x {q:>6s} "
+              f"{n / store:9.0f} {n / load:9.0f} {store + load:12.2f}")
+    total, nbytes, quality_db = summary["default (video, CRF 20)"]
+    lossless_total = summary["lossless() (Zarr, Blosc LZ4)"][0]
+    size_ok = nbytes <= 1.5 * src_bytes and quality_db >= 40
+    time_ok = total <= lossless_total
+    print(f"target: default <= 1.5x the source's bytes at PSNR >= 40 dB: "
+          f"{'met' if size_ok else 'NOT met'} ({nbytes / src_bytes:.2f}x, {quality_db:.1f} dB); "
+          f"store+load no slower than lossless: {'met' if time_ok else 'NOT met'} "
+          f"({total:.2f} s vs {lossless_total:.2f} s)")
+    return size_ok and time_ok
 
 
 # -------------------------------------------------------------------------------- part: memory
-
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
 def ensure_clip(n: int, width: int = 1920, height: int = 1080, gop: int = 30) -> str:
@@ -289,7 +203,7 @@ def memory_case(case: str, video: str, db: str, op: str) -> dict:
         info["frames"] = total
     else:
         import scanner_nb as sp
-        import scanner_nb.imgproc  # noqa: F401 - registers ConvertColor
+        import scanner_nb.imgproc
 
         @sp.register_python_op(name="bench_identity")
         def bench_identity(config, frame: sp.FrameType) -> sp.FrameType:
@@ -353,75 +267,16 @@ def part_memory(args) -> bool:
 # -------------------------------------------------------------------------------- main
 
 
-def part_storage(args, frames, n, reps) -> bool:
-    mb = frames.nbytes / 1e6
-    print(f"== storage: Database directly, {n} frames 640x360x3 uint8 ({args.content}) = "
-          f"{mb:.0f} MB; chunk_rows={args.chunk_rows}; {reps} repetitions; medians")
-    with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_storage-") as tmp:
-        check_exact(frames[: min(n, 3 * args.chunk_rows + 5)], tmp, args.chunk_rows)
-        codec_name = next((k for k, v in CANDIDATES.items() if v == DEFAULT_CODEC), "default")
-        configs = [
-            ("numpy.save / numpy.load", run_numpy, None, 1),
-            (f"scanner_nb ({codec_name})", run_db, DEFAULT_CODEC, 1),
-            (f"scanner_nb ({codec_name}), 2 writer threads", run_db, DEFAULT_CODEC, 2),
-        ]
-        if args.codecs:
-            configs += [(f"scanner_nb ({label})", run_db, codec, 1)
-                        for label, codec in CANDIDATES.items() if codec != DEFAULT_CODEC]
-        times = {label: [] for label, *_ in configs}
-        # one untimed warm-up round (the first touch of fresh memory is slow, notably in VMs),
-        # then rounds interleaved, so that every config sees the same machine load
-        for rep in range(-1, reps):
-            for label, run, codec, threads in configs:
-                root = os.path.join(tmp, f"run-{rep}")
-                result = run(frames, root, codec, args.chunk_rows, threads)
-                if rep >= 0:
-                    times[label].append(result)
-        rows = [(label, *(statistics.median(t[i] for t in ts) for i in range(3)), ts[-1][3])
-                for label, ts in times.items()]
-        best = [(label, *(min(t[i] for t in ts) for i in range(3))) for label, ts in times.items()]
-        np_w, np_r = rows[0][1], rows[0][2]
-
-    header = (f"{'':42s} {'write':>6s} {'x np':>6s} {'load':>6s} {'x np':>6s} "
-              f"{'array':>6s} {'x np':>6s} {'w+l':>6s} {'ratio':>6s}")
-    print(header)
-    print("-" * len(header))
-    for label, w, r, a, nbytes in rows:
-        print(f"{label:42s} {mb / w:6.0f} {np_w / w:5.2f}x {mb / r:6.0f} {np_r / r:5.2f}x "
-              f"{mb / a:6.0f} {np_r / a:5.2f}x {2 * mb / (w + r):6.0f} "
-              f"{frames.nbytes / nbytes:6.2f}")
-    print("MB/s of raw frame bytes (median). write: begin + write_chunk each + commit "
-          "(numpy.save);"
-          "\nload: iterate load() (numpy.load); array: read_chunk(out=) into one (n,H,W,C) array "
-          "(numpy.load);\nw+l: write then load; ratio: raw bytes / stored bytes.")
-    ours_w, ours_r = rows[1][1], rows[1][2]
-    ok = np_w / ours_w >= 0.7 and np_r / ours_r >= 0.7
-    print(f"target >= 0.7x numpy for write and load (medians): {'met' if ok else 'NOT met'} "
-          f"(write {np_w / ours_w:.2f}x, load {np_r / ours_r:.2f}x)")
-    # on a shared machine the medians swing with other load; the best runs show the floor
-    print(f"best of {reps} runs: write {best[0][1] / best[1][1]:.2f}x, "
-          f"load {best[0][2] / best[1][2]:.2f}x, array {best[0][3] / best[1][3]:.2f}x numpy "
-          f"({mb / best[1][1]:.0f}, {mb / best[1][2]:.0f}, {mb / best[1][3]:.0f} MB/s vs "
-          f"{mb / best[0][1]:.0f}, {mb / best[0][2]:.0f} MB/s)")
-    return ok
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="200 frames and 3 repetitions; 1080p clips of 150 and 450 frames")
-    parser.add_argument("--only", choices=["storage", "run", "memory"], action="append",
+                        help="150 frames and 2 repetitions; 1080p clips of 150 and 450 frames")
+    parser.add_argument("--only", choices=["formats", "memory"], action="append",
                         help="run only these parts (repeatable; default: all)")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--chunk-rows", type=int, default=64)
-    parser.add_argument("--codecs", action="store_true",
-                        help="also compare the candidate frame codecs (write + load)")
-    parser.add_argument("--content", choices=["gradient", "flat"], default="gradient",
-                        help="frame content (default: gradients with noise)")
-    parser.add_argument("--always-compress", action="store_true",
-                        help="compress every chunk, even one that a sample shows will not "
-                             "shrink (to compare the codecs themselves)")
+    parser.add_argument("--quality", type=int, default=28,
+                        help="formats part: the CRF of the compress_video row (default 28)")
     parser.add_argument("--gop", type=int, default=30,
                         help="memory part: keyframe interval of the 1080p clips (default 30)")
     parser.add_argument("--op", choices=["identity", "gray"], default="identity",
@@ -434,21 +289,10 @@ def main(argv=None) -> int:
     if args.memory_case:  # one case of the memory part, in its own process
         print(json.dumps(memory_case(args.memory_case, args.video, args.db, args.op)))
         return 0
-    parts = args.only or ["storage", "run", "memory"]
-    n = args.frames or (200 if args.quick else 2000)
-    if args.always_compress:
-        storage._COMPRESS_AT_LEAST = 0.0
-    reps = args.reps or (3 if args.quick else 5)
+    parts = args.only or ["formats", "memory"]
     met = {}
-    if "storage" in parts or "run" in parts:
-        t = time.perf_counter()
-        frames = make_frames(n, content=args.content)
-        print(f"made {n} frames 640x360x3 ({args.content}) in {time.perf_counter() - t:.1f} s")
-        if "storage" in parts:
-            met["storage"] = part_storage(args, frames, n, reps)
-        if "run" in parts:
-            met["run"] = part_run(args, frames, reps)
-        del frames
+    if "formats" in parts:
+        met["formats"] = part_formats(args)
     if "memory" in parts:
         met["memory"] = part_memory(args)
     print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))

@@ -16,6 +16,11 @@ Targets:
    keyframe lies between them, faster than decord's ``VideoReader.get_batch``, and far faster
    than decoding everything.
 3. Index build of a 10-minute clip, and reopening it (cached).
+4. Memory: peak RSS of ``compute()`` of a per-frame op over a 1080p clip with x264's default
+   keyframe interval (GOP 250), and of ``sc.run`` storing it, each in a fresh subprocess: under
+   1 GiB, and flat in GOP length (GOP 25 vs 250) and in video length.
+5. Short clips: reading many one-second clips, single-threaded decoding (what scanner_nb picks
+   for clips of at most ``SHORT_CLIP_FRAMES`` frames) against FFmpeg frame threads.
 """
 
 from __future__ import annotations
@@ -413,6 +418,111 @@ def _bench_index(path: str, n: int, minutes: int, cache: str, folder: str, repea
     VERDICTS.append(f"index {minutes} min: build {fmt_s(built)}, cached reopen {fmt_s(med(reopen))}")
 
 
+# ----------------------------------------------------------------------------------------------
+# 4. memory
+# ----------------------------------------------------------------------------------------------
+
+
+def memory_child(path: str, mode: str, db: str) -> None:
+    """Run one case in this (fresh) process and print its peak RSS as JSON (Linux)."""
+    @sp.register_python_op()
+    def bench_frame_mean(config, frame: sp.FrameType) -> Any:
+        return float(frame.mean())
+
+    sc = sp.Client(db_path=db, show_progress=False)
+    video_stream = sp.NamedVideoStream(sc, "clip", path=path)
+    means = sc.ops.bench_frame_mean(frame=sc.io.Input([video_stream]))
+    start = time.perf_counter()
+    if mode == "compute":
+        (result,) = means.compute()
+        assert len(result) == len(video_stream)
+    elif mode == "run":
+        sc.run(sc.io.Output(means, [sp.NamedStream(sc, "means")]),
+               cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+    seconds = time.perf_counter() - start
+    # VmHWM: this process's own peak (ru_maxrss would keep the parent's peak across exec)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    print(json.dumps({"peak": peak, "seconds": seconds, "frames": len(video_stream)}))
+
+
+def _memory_case(path: str, mode: str, db: str) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", path,
+                          mode, db], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(folder: str, quick: bool) -> None:
+    n = 300 if quick else 750
+    cases = [(n, 250), (n, 25), (n // 3, 250)]
+    peaks = []
+    for frames, gop in cases:
+        path = clip(folder, frames, 1920, 1080, gop=gop)
+        db = tempfile.mkdtemp(dir=folder, prefix="db-memory-")
+        base = _memory_case(path, "index", db)["peak"]
+        for mode in ("compute", "run"):
+            got = _memory_case(path, mode, db)
+            peaks.append(got["peak"])
+            row(f"{frames} frames, GOP {gop}: {mode}", f"{got['peak'] / 2**20:.0f} MiB",
+                f"{(got['peak'] - base) / 2**20:.0f} MiB", f"{frames / got['seconds']:.0f}")
+        shutil.rmtree(db, ignore_errors=True)
+    print_table(f"4. Peak RSS (fresh process, threaded scheduler, {os.cpu_count()} cores) of a "
+                f"per-frame op over 1920x1080 H.264", ("case", "peak RSS", "over imports",
+                                                       "frames/s"))
+    worst = max(peaks)
+    VERDICTS.append(f"memory, 1080p GOP 250: peak {worst / 2**20:.0f} MiB -> "
+                    f"{'MET' if worst < 2**30 else 'MISSED'} (< 1 GiB)")
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. short clips
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_short_clips(folder: str, quick: bool, repeat: int) -> None:
+    from scanner_nb.video import decode
+
+    files = 100 if quick else 1000
+    path = clip(folder, 30, 640, 360, gop=30)
+    index = video.index_video(path)
+    rows = np.arange(len(index))
+
+    pool = ThreadPoolExecutor(os.cpu_count() or 1)  # one clip per core, as a Dask graph runs
+
+    def one_clip(_: int) -> None:  # a new reader each time, as for a new file
+        reader = decode._Reader(index, threaded=len(index) > decode.SHORT_CLIP_FRAMES)
+        try:
+            reader.read(rows, np.empty((len(rows), index.height, index.width, 3), np.uint8),
+                        True, False)
+        finally:
+            reader.close()
+
+    def read_all(short_limit: int) -> None:
+        saved, decode.SHORT_CLIP_FRAMES = decode.SHORT_CLIP_FRAMES, short_limit
+        try:
+            list(pool.map(one_clip, range(files)))
+        finally:
+            decode.SHORT_CLIP_FRAMES = saved
+
+    def plain() -> None:
+        list(pool.map(lambda _: plain_decode_all(path), range(files)))
+
+    single = "scanner_nb, single-threaded (its choice for short clips)"
+    times, cpu = interleaved({
+        single: lambda: read_all(10**9),
+        "scanner_nb, FFmpeg frame threads": lambda: read_all(0),
+        "plain PyAV loop (AUTO threads)": plain,
+    }, repeat, with_cpu=True)
+    pool.shutdown()
+    base = med(times[single])
+    for name, ts in times.items():
+        row(name, fmt_s(med(ts)), f"{med(ts) / files * 1e3:.2f} ms", f"{med(ts) / base:.2f}x",
+            f"{med(cpu[name]) / files * 1e3:.2f} ms")
+    print_table(f"5. {files} one-second clips (30 frames of 640x360), each opened and decoded "
+                f"whole, one clip per core at a time", ("method", "median", "per clip",
+                                                        "vs single", "CPU per clip"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -420,8 +530,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=None, help="runs per method")
     parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(),
                                                        "scanner_nb_bench_video"))
-    parser.add_argument("--only", choices=["full", "sampling", "index"], default=None)
+    parser.add_argument("--only", choices=["full", "sampling", "index", "memory", "short"],
+                        default=None)
+    parser.add_argument("--memory-child", nargs=3, metavar=("PATH", "MODE", "DB"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(*args.memory_child)
     repeat = args.repeat or (3 if args.quick else 7)
     os.makedirs(args.data, exist_ok=True)
     print(f"scanner_nb video benchmark{' (quick)' if args.quick else ''}: PyAV {av.__version__}, "
@@ -432,6 +547,10 @@ def main() -> None:
         bench_sampling(args.data, args.quick, repeat)
     if args.only in (None, "index"):
         bench_index(args.data, args.quick, repeat)
+    if args.only in (None, "memory"):
+        bench_memory(args.data, args.quick)
+    if args.only in (None, "short"):
+        bench_short_clips(args.data, args.quick, repeat)
     print("\nTargets:")
     for verdict in VERDICTS:
         print(f"  {verdict}")

@@ -45,6 +45,9 @@ class Client:
         of other elements, whole groups of pictures for videos (see README, "Partitions").
     show_progress : bool
         Whether ``compute()`` shows a progress bar (a widget in Jupyter, text in a terminal).
+    trust_pickle : bool
+        Load pickled elements of stored streams this user did not store (a shared db).
+        Off by default: unpickling runs code chosen by whoever wrote them.
     storage_options : dict, optional
         fsspec's options for ``db_path`` and for video inputs given by URL (``s3://...``):
         an endpoint, credentials, ... They travel with the graph, so every worker reads and
@@ -59,7 +62,7 @@ class Client:
 
     def __init__(self, address: Any = None, db_path: str | None = None,
                  partition_size: int | None = None, show_progress: bool = True,
-                 storage_options: dict | None = None):
+                 trust_pickle: bool = False, storage_options: dict | None = None):
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
@@ -71,6 +74,7 @@ class Client:
                 f"storage_options must be a dict, got {type(storage_options).__name__}")
         self.storage_options = dict(storage_options or {})
         self._db_path = db_path
+        self._trust_pickle = bool(trust_pickle)
         self._db = None
         self._gpu_usable: bool | None = None
         self.distributed, self._owns_distributed = _connect(address)
@@ -90,8 +94,14 @@ class Client:
 
             url = self._db_path or default_db_path()
             check_access(url, self.storage_options)  # no credentials: say so before any work
-            self._db = Database(url, storage_options=self.storage_options)
+            self._db = Database(url, storage_options=self.storage_options,
+                                trust_pickle=self._trust_pickle)
         return self._db
+
+    def gc(self, include_open: bool = False) -> list[str]:
+        """Reclaim the space of stored versions nothing reads any more (see ``Database.gc``):
+        replaced or deleted versions and leftovers of failed runs; returns what was removed."""
+        return self.db.gc(include_open=include_open)
 
     @property
     def index_cache_dir(self) -> str:

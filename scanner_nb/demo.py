@@ -40,7 +40,7 @@ def main(folder: str | None = None) -> dict:
         small = sc.ops.Resize(frame=sampled, width=[160], height=[96])
         scores = sc.ops.motion(frame=frames)
         (thumbs,) = small.compute()
-        (stored,) = sc.run(sc.io.Output(small, [sp.NamedVideoStream(sc, "thumbnails")]),
+        (stored,) = sc.run(sc.io.Output(small.lossless(), [sp.NamedVideoStream(sc, "thumbnails")]),
                            cache_mode=sp.CacheMode.Overwrite, show_progress=False)
         loaded = list(stored.load(rows=[0, len(stored) - 1]))
         result = {

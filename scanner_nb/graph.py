@@ -83,6 +83,7 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
         return [[key(ref, p.stream, p.part), p.positions] for p in plan_pieces]
 
     buffers = _result_buffers(root, plans) if in_place else {}
+    pieces_of: dict[tuple, tuple] = {}  # chained source pieces (see _chain_pieces)
     for node, plan in plans.items():
         name = names[node] = _layer_name(node, plan)
         tasks: dict = {}
@@ -93,8 +94,10 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
                     start = int(np.searchsorted(plan.streams[s].rows, rows[0]))
                     out = buffers[s][start:start + len(rows)]
                     tasks[(name, s, p)] = node.sources[s].task(s, rows, out)
+                    _note_piece(pieces_of, node.sources[s], name, s, p, sp.parts, out)
                 elif isinstance(node, SourceNode):
                     tasks[(name, s, p)] = _source_task(node.sources[s], s, rows)
+                    _note_piece(pieces_of, node.sources[s], name, s, p, sp.parts, None)
                 elif isinstance(node, OpNode):
                     _op_tasks(tasks, node, name, s, p, sp, rows, pieces, session, instance_key,
                               work_packet)
@@ -110,6 +113,7 @@ def build_graph(root: Ref, requested: dict[int, np.ndarray], partition_size: int
                 dependencies.add(f"persisted-{source.token}")
         layers[name] = tasks
         deps[name] = dependencies
+    _chain_pieces(layers, pieces_of)
     root_plan = plans[root.node]
     keys, rows = {}, {}
     for s, wanted in requested.items():
@@ -145,6 +149,60 @@ def _source_task(source, stream: int, rows: np.ndarray) -> tuple:
     if hasattr(source, "task"):
         return source.task(stream, rows)
     return (runtime.read_source, source, stream, rows)
+
+
+def _note_piece(pieces_of: dict, source, name: str, stream: int, part: int, parts, out) -> None:
+    """Remember a partition that continues the previous one's decoder (``source.follows``)."""
+    follows = getattr(source, "follows", None)
+    if part and follows is not None and follows(parts[part - 1], parts[part]):
+        pieces_of[(name, stream, part)] = (source, parts[part], out)
+
+
+def _chain_pieces(layers: dict[str, dict], pieces_of: dict) -> None:
+    """Make each piece of a long group of pictures wait for the previous piece's consumers.
+
+    A video source cuts a long GOP into pieces that one decoder reads in order, each continuing
+    where the previous one stopped. Reading piece ``k + 1`` only after the tasks that consume
+    piece ``k`` (and no later piece) keeps the pieces in order, on the worker holding the
+    decoder, and keeps memory to a few pieces: decoding does not run ahead of the ops. Pieces
+    of different GOPs run in parallel. Without such consumers, it waits for piece ``k``.
+    """
+    if not pieces_of:
+        return
+    watched = {(n, s, p - 1) for n, s, p in pieces_of} | set(pieces_of)
+    consumers: dict[tuple, list] = {}
+    for tasks in layers.values():
+        for key, task in tasks.items():
+            used = _keys_in(task, watched)
+            if not used or key in watched:
+                continue
+            for piece in used:
+                later = any(u[0] == piece[0] and u[1] == piece[1] and u[2] > piece[2]
+                            for u in used)
+                if not later:
+                    consumers.setdefault(piece, []).append(key)
+    for (name, stream, part), (source, rows, out) in pieces_of.items():
+        previous = (name, stream, part - 1)
+        after = consumers.get(previous) or [previous]
+        layers[name][(name, stream, part)] = source.task(stream, rows, out, after)
+
+
+def _keys_in(task, keys: set) -> set:
+    """Which of ``keys`` a task refers to (anywhere in its arguments)."""
+    found = set()
+    stack = [task]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple) and len(item) == 3 and isinstance(item[0], str):
+            try:
+                if item in keys:
+                    found.add(item)
+                    continue
+            except TypeError:  # holds something unhashable: not a key
+                pass
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+    return found
 
 
 def _op_tasks(tasks, node: OpNode, name, s, p, sp, rows, pieces, session, instance_key,

@@ -8,7 +8,7 @@ logger                     what                                                 
 ``scanner_nb.devices``     an op that lists GPU and CPU falls back to the CPU    INFO
 ``scanner_nb.video``       a video index read from the cache, or built anew      DEBUG
 ``scanner_nb.video``       a seek that landed past its keyframe, tried again     DEBUG
-``scanner_nb.storage``     leftover versions of failed runs swept away           INFO
+``scanner_nb.storage``     versions nothing reads swept (replaced, failed runs)  INFO
 =========================  ====================================================  =========
 
 As a library should, scanner_nb only adds a :class:`logging.NullHandler` to its logger and sets

@@ -1,17 +1,18 @@
 """Storing results: ``sc.io.Output``, ``sc.run``, cache modes and performance parameters.
 
 A run computes each output stream partition by partition; the worker that computed a chunk
-writes it; when every chunk of every output is written, each output's manifest is written
-last and atomically (the commit). A run that fails commits nothing and leaves earlier streams
-as they were.
+writes it; when every chunk of every output is written, all outputs are committed together by
+one run record written last (:mod:`scanner_nb.storage.commit`). A run that fails, is killed or
+meets a full disk commits none of its outputs and leaves earlier streams as they were.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from dask.base import tokenize
@@ -26,7 +27,7 @@ from .stream import Stream
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["CacheMode", "PerfParams", "Output", "run_outputs"]
+__all__ = ["CacheMode", "Output", "PerfParams", "run_outputs"]
 
 
 class CacheMode(enum.Enum):
@@ -173,7 +174,9 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
             largest = max(largest, max((len(r) for r in parts), default=0) *
                           (_frame_bytes(stream) or 0))
             chunk_rows = max((len(r) for r in parts), default=1)
-            writer = client.db.begin(target.name, stream.type_name, stream.lengths[s], chunk_rows)
+            fps = stream.fps(s) if stream.type_name == "FrameType" else None
+            writer = client.db.begin(target.name, stream.type_name, stream.lengths[s], chunk_rows,
+                                     storage=stream.storage_hint, fps=fps)
             writers.append((writer, target, stream, s))
             layers.update(built.graph.layers)
             for name, dep in built.graph.dependencies.items():
@@ -195,7 +198,7 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
         for writer, *_ in writers:
             writer.abort()
         raise
-    _commit(writers, infos, cache_mode)
+    _commit(client, writers, infos, cache_mode)
     return [t for _, _, t in jobs]
 
 
@@ -216,34 +219,27 @@ def _threads_within_budget(client: Client, perf: PerfParams, partition_bytes: in
     return None if threads >= cores else max(1, threads)
 
 
-def _commit(writers: list, infos: list, cache_mode: CacheMode) -> None:
-    """Publish every output. A stream another run stored while this one computed is replaced
-    only with ``Overwrite``: ``Ignore`` keeps it (this run's version is dropped), ``Error``
-    raises ``StreamExistsError`` and, if it sees that before any commit, commits nothing."""
-    replace = cache_mode is CacheMode.Overwrite
+def _commit(client: Client, writers: list, infos: list, cache_mode: CacheMode) -> None:
+    """Publish every output together. A stream another run stored while this one computed is
+    replaced only with ``Overwrite``: ``Ignore`` keeps it (this run's version of it is
+    dropped), ``Error`` raises ``StreamExistsError`` and commits nothing."""
     pending = list(zip(writers, infos))
+    for _, target, *_ in writers:
+        target.forget()  # the run has read it; the handle re-reads the stream from now on
     try:
-        if cache_mode is CacheMode.Error:
-            appeared = [t.name for (_, t, *_), _ in pending if t.exists()]
-            if appeared:
-                raise StreamExistsError(
-                    f"stored stream(s) {appeared} were stored by another run while this one was "
-                    f"computing; they are kept (pass cache_mode=sp.CacheMode.Overwrite to "
-                    f"replace them)")
-        while pending:
-            (writer, target, stream, s), chunk_infos = pending[0]
-            metadata = {"fps": stream.fps(s)} if stream.type_name == "FrameType" else None
-            try:
-                writer.commit(chunk_infos, replace=replace, metadata=metadata)
-            except StreamExistsError:
-                if cache_mode is not CacheMode.Ignore:
-                    raise
-                writer.abort()
-            target._manifest = None  # the handle re-reads the stream it names from now on
-            pending.pop(0)
+        appeared = [t.name for (_, t, *_), _ in pending if t.exists()]
+        if appeared and cache_mode is CacheMode.Error:
+            raise StreamExistsError(
+                f"stored stream(s) {appeared} were stored by another run while this one was "
+                f"computing; they are kept (pass cache_mode=sp.CacheMode.Overwrite to "
+                f"replace them)")
+        if cache_mode is CacheMode.Ignore:
+            pending = [p for p in pending if p[0][1].name not in appeared]
+        client.db.commit([w for (w, *_), _ in pending], [i for _, i in pending],
+                         replace=cache_mode is CacheMode.Overwrite)
     finally:
-        for (writer, *_), _ in pending:
-            writer.abort()
+        for writer, *_ in writers:
+            writer.abort()  # does nothing to a committed writer
 
 
 def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,

@@ -7,6 +7,7 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -82,6 +83,36 @@ class Stream(DaskMethodsMixin):
         return self._derive(requested=self._requested,
                             partition_size=perf_params.partition_size_for(self),
                             work_packet=perf_params.work_packet_size)
+
+    # ------------------------------------------------------------ how sc.run stores it
+    #: How ``sc.run`` stores this stream's frames: ``None`` is compressed video (the default);
+    #: :meth:`compress_video` and :meth:`lossless` return a copy that says otherwise.
+    storage_hint: dict | None = None
+
+    def compress_video(self, quality: int = -1, bitrate: int = -1, keyframe_distance: int = -1,
+                       codec: str = "h264") -> Stream:
+        """This stream, to be stored by ``sc.run`` as video: ``quality`` is the CRF (0 best
+        to 51; -1: the default, PSNR >= 40 dB), or a ``bitrate`` in bits/s (Scanner's spelling).
+
+        Examples
+        --------
+        >>> out = sc.io.Output(frames.compress_video(quality=35), [sp.NamedVideoStream(sc, "c")])  # doctest: +SKIP
+        """
+        from .storage.codecs import video_options
+
+        return self._stored_as(video_options(quality, codec, bitrate, keyframe_distance))
+
+    def lossless(self) -> Stream:
+        """This stream, to be stored by ``sc.run`` bit-exact (a Zarr array openable by path)."""
+        return self._stored_as({"encoding": "zarr"})
+
+    def _stored_as(self, storage: dict) -> Stream:
+        if self.type_name != "FrameType":
+            raise ScannerTypeError(f"only frame streams are stored as video or Zarr frames; "
+                                   f"this stream holds {self.type_name} elements")
+        stream = copy.copy(self)
+        stream.storage_hint = storage
+        return stream
 
     # ------------------------------------------------------------ graph
     def _build(self) -> Built:
@@ -265,21 +296,29 @@ class Stream(DaskMethodsMixin):
         return float(getattr(source, "fps", None) or 24.0)
 
     # ------------------------------------------------------------ notebook
-    def preview(self, render: Callable | None = None):
+    def preview(self, render: Callable | None = None, compare: Sequence[Stream] = ()):
         """An ipywidgets preview: stream selector, slider with Play, the element drawn inline.
 
         Each step computes only the row shown (plus a small cache and prefetch while playing).
+        ``compare=[other, ...]`` shows other streams beside this one on the same slider.
         """
-        from .notebook.preview import Preview
+        from .notebook.preview import Preview, Shown
 
         return Preview(self.row, self.lengths, is_frame=self.type_name == "FrameType",
-                       render=render, stream_names=self._stream_names(), fps=self.fps())
+                       render=render, stream_names=self._stream_names(), fps=self.fps(),
+                       title=self._ref.node.label if compare else "",
+                       compare=[Shown(o.row, o.lengths, o.type_name == "FrameType",
+                                      o._ref.node.label) for o in compare])
 
     def plot(self, ax=None):
         """Plot scalar or vector elements against row index; returns the matplotlib ``Axes``."""
         from .notebook.plot import plot_elements
 
-        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax)
+        node = self._ref.node
+        while node.kind == "sample" and node.inputs:  # name the values after their op
+            node = node.inputs[0].node
+        return plot_elements(self.compute(progress=False), self._stream_names(), ax=ax,
+                             ylabel=node.label)
 
     def show_video(self, stream_index: int = 0, start: int = 0, end: int | None = None,
                    fps: float | None = None):
@@ -318,7 +357,8 @@ class Stream(DaskMethodsMixin):
                 props = {"streams": node.n_streams, "type": node.types[0].name}
             elif isinstance(node, OpNode):
                 label = node.label
-                props = {**node.init_args, **node.spec.properties, "device": node.device.value}
+                props = {**node.init_args, **node.config_args, **node.spec.properties,
+                         "device": node.device.value}
             else:
                 label, props = node.label, {"args": getattr(node, "args", "")}
             nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,

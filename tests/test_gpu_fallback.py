@@ -634,7 +634,7 @@ def test_storing_a_gpu_ops_output_stores_numpy(tmp_path, emulated_gpu, frames):
     with make_client(tmp_path, partition_size=8) as sc:
         stream = sc.io.Input([sp.MemoryStream(frames)])
         out = sc.ops.plus_one(frame=stream)
-        (stored,) = sc.run(sc.io.Output(out, [sp.NamedVideoStream(sc, "gpu-out")]),
+        (stored,) = sc.run(sc.io.Output(out.lossless(), [sp.NamedVideoStream(sc, "gpu-out")]),
                            show_progress=False)
         np.testing.assert_array_equal(np.stack(list(stored.load())), frames + 1)
 

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 
 from scanner_nb.errors import KernelError  # noqa: E402
 from scanner_nb.notebook.plot import plot_elements  # noqa: E402
-from scanner_nb.notebook.preview import Preview  # noqa: E402
+from scanner_nb.notebook.preview import Preview, Shown  # noqa: E402
 from scanner_nb.notebook.repr import plan_html, plan_text  # noqa: E402
 from scanner_nb.notebook.video import VideoHTML, show_video_html  # noqa: E402
 
@@ -285,14 +285,74 @@ def test_unexpected_error_is_shown_not_lost(previews, monkeypatch):
     assert p.showing == "error" and "MemoryError" in p.text.value and "row 1" in p.text.value
 
 
-def test_wide_frames_are_scaled_down_never_up(previews):
+def test_wide_frames_are_scaled_down_small_ones_up_pixelated(previews):
     wide = np.zeros((1, 10, 1200, 3), np.uint8)
     p = previews(lambda s, r: wide[r], [1], is_frame=True, max_width=960)
     assert p.image.layout.width == "960px"
     small = np.zeros((1, 10, 50, 3), np.uint8)
     q = previews(lambda s, r: small[r], [1], is_frame=True)
-    assert q.image.layout.width == "50px"
+    assert q.image.layout.width == "350px"  # 7 x 50: a whole factor up to min_width=320
+    assert _decode(q.image.value).shape[:2] == (10, 50)  # the frame sent is its own size
+    assert "scanner-nb-pixelated" in q.image._dom_classes
+    assert "image-rendering:pixelated" in q.status.value
     assert q.image.layout.object_fit == "contain" and q.image.layout.height == "auto"
+    r = previews(lambda s, r: small[r], [1], is_frame=True, min_width=0)
+    assert r.image.layout.width == "50px"
+
+
+def test_preview_is_a_widget_that_fits_in_layouts(previews):
+    import ipywidgets as widgets
+
+    a = previews(CountingFetch([_frames(5)]), [5], is_frame=True)
+    b = previews(CountingFetch([_frames(5, seed=1)]), [5], is_frame=True)
+    assert isinstance(a, widgets.VBox) and a.widget is a
+    box = widgets.HBox([a, b])
+    assert box.children == (a, b)
+    assert list(a.children) == [a.dropdown, a._controls, a.image, a.text]
+    box.close()
+
+
+def test_compare_shows_each_collection_on_one_slider(previews):
+    left, right = _frames(8), 255 - _frames(8)
+    f_left, f_right = CountingFetch([left]), CountingFetch([right[:5]])
+    p = previews(f_left, [8], is_frame=True, image_format="png", title="original",
+                 compare=[Shown(f_right, [5], True, "inverted")])
+    assert len(p.panels) == 2 and p.slider.max == 7
+    assert f_left.calls == [(0, 0)] and f_right.calls == [(0, 0)]
+    p.slider.value = 3
+    assert f_left.count(0, 3) == 1 and f_right.count(0, 3) == 1
+    np.testing.assert_array_equal(_decode(p.panels[0].image.value), left[3])
+    np.testing.assert_array_equal(_decode(p.panels[1].image.value), right[3])
+    p.slider.value = 6  # past the shorter collection's end: said so, not fetched
+    assert p.panels[1].showing == "text" and "past the end" in p.panels[1].text.value
+    assert f_right.count(0, 6) == 0
+    p.slider.value = 3  # both cached
+    assert f_left.count(0, 3) == 1 and f_right.count(0, 3) == 1
+    side = p.children[-1]
+    assert [list(box.children)[:2] for box in side.children] == [
+        [p.panels[0].title, p.panels[0].image], [p.panels[1].title, p.panels[1].image]]
+    bundle = p._repr_mimebundle_()
+    assert bundle["text/plain"] == "Preview of original | inverted: stream 0, row 3 of 8"
+    still = _decode(base64.b64decode(bundle["image/jpeg"]))
+    assert still.shape == (48, 64 + 8 + 64, 3)  # both frames side by side
+
+
+def test_saved_preview_carries_its_frame_and_a_caption(previews):
+    frames = _frames(6)
+    p = previews(CountingFetch([frames, frames]), [6, 6], is_frame=True, image_format="png",
+                 stream_names=["cam0", "cam1"])
+    p.dropdown.value = 1
+    p.slider.value = 4
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == "Preview: cam1, row 4 of 6"
+    np.testing.assert_array_equal(_decode(base64.b64decode(bundle["image/png"])), frames[4])
+    text = previews(lambda s, r: {"row": r, "label": "<cat>"}, [3],
+                    is_frame=False)._repr_mimebundle_()
+    assert "image/png" not in text and "image/jpeg" not in text
+    assert text["text/plain"] == "Preview: stream 0, row 0 of 3"
+    assert "Preview: stream 0, row 0 of 3" in text["text/html"]
+    assert "{'row': 0, 'label': '&lt;cat&gt;'}</pre>" in text["text/html"]  # the element
 
 
 def test_empty_stream(previews):
@@ -346,6 +406,19 @@ def test_plan_html_draws_ops_streams_and_type():
     assert ">partitions<" in h
     no_parts = {k: v for k, v in SUMMARY.items() if k != "partitions"}
     assert ">partitions<" not in plan_html(no_parts) and "movie.mp4" in plan_html(no_parts)
+
+
+def test_plan_shows_op_arguments_shortened():
+    import scanner_nb as sp
+    import scanner_nb.imgproc  # noqa: F401
+
+    sc = sp.Client(show_progress=False)
+    frames = sc.io.Input([sp.MemoryStream([np.zeros((8, 8, 3), np.uint8)] * 2, type=sp.FrameType)
+                          for _ in range(6)])
+    small = sc.ops.Resize(frame=frames, width=[16] * 6, height=[12] * 6)
+    page = small._repr_html_()
+    assert "width=</span>[16, 16, 16, … 3 more]" in page
+    assert "height=</span>[12, 12, 12, … 3 more]" in page
 
 
 def test_plan_text():
@@ -408,6 +481,26 @@ def test_plot_vectors_one_line_per_component():
     plt.close(ax.figure)
 
 
+def test_plot_sparse_streams_are_visible_and_distinguishable():
+    sparse = [float(i) if i % 3 == 0 else None for i in range(300)]  # RepeatNull(Stride(3))
+    dense = [float(i) for i in range(300)]
+    ax = plot_elements([sparse, dense], labels=["cam0", "cam1"], ylabel="motion")
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines[:1]] == ["cam0"]
+    markers = [line for line in lines if line.get_linestyle() == "None"]
+    assert len(markers) == 1 and len(markers[0].get_xdata()) == 100  # each lone point marked
+    assert markers[0].get_color() == lines[0].get_color()
+    cam0, cam1 = lines[0], [line for line in lines if line.get_label() == "cam1"][0]
+    assert cam0.get_linestyle() != cam1.get_linestyle() and cam0.get_alpha() < 1
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("row", "motion")
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["cam0", "cam1"]
+    ax.figure.canvas.draw()
+    axes_box = ax.get_window_extent()
+    assert legend.get_window_extent().x0 >= axes_box.x1  # beside the data, not over it
+    plt.close(ax.figure)
+
+
 def test_plot_on_given_axes():
     fig, ax = plt.subplots()
     assert plot_elements([[1, 2]], ax=ax) is ax
@@ -434,7 +527,8 @@ def test_show_video_html_plays_every_frame():
     assert isinstance(v, VideoHTML) and v._repr_html_() == v.html
     h = v.html
     assert "<video controls autoplay loop muted playsinline" in h
-    assert 'width="64"' in h and 'height="48"' in h
+    # 64x48 is shown 8x larger, pixelated, so the controls cover little of the picture
+    assert 'width="512"' in h and 'height="384"' in h and "image-rendering:pixelated" in h
     data = _mp4_from_html(h)
     assert len(data) == v.nbytes == len(v.data)
     decoded = _decode_mp4(data)
@@ -448,7 +542,7 @@ def test_show_video_html_gray_odd_size():
     v = show_video_html(iter(gray), fps=8)
     decoded = _decode_mp4(_mp4_from_html(v.html))
     assert len(decoded) == 8 and decoded[0].shape[:2] == (34, 46)  # padded to even
-    assert 'width="45"' in v.html and 'height="33"' in v.html
+    assert 'width="495"' in v.html and 'height="363"' in v.html  # 11 x 45, 11 x 33
 
 
 def _noise(n, seed=0):

@@ -8,11 +8,15 @@ the notebooks make in ``tempfile.mkdtemp()`` never land in the repository or sta
 
 Checks: no ``error`` output in any cell, every code cell executed, and a few outputs per notebook
 that show the tutorial did what its text says (01 renders a preview widget and a ``<video>``).
-The saved notebooks are checked to carry no outputs and the ``python3`` kernelspec.
+Every widget output of scanner_nb carries a still fallback in the saved file (a preview its
+frame as an image and a caption, a progress bar its final state as text), and 07 exported to
+HTML with nbconvert shows the preview's frame. The saved notebooks are checked to carry no
+outputs and the ``python3`` kernelspec.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import sys
@@ -23,6 +27,7 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
+iio = pytest.importorskip("imageio.v3")
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,6 +79,15 @@ EXPECTED = {
         "inverted correctly: True",
         "largest difference between the two runs: 0",
     ],
+    "07_compare_and_cluster.ipynb": [
+        "Preview of Input | Blur: tiny, row 0 of 48",   # the compare preview's saved caption
+        "rows with a value: [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44]",  # RepeatNull(Stride)
+        "100%|##########| 4/4",                          # the finished cluster bar, saved
+        "48 histograms computed on the cluster",
+        "op: picky | stream: 0 | row:",
+        "raised in: picky",
+        "cluster: closed",
+    ],
 }
 
 
@@ -118,7 +132,7 @@ def durations():
         print("\nnotebook run times: " + ", ".join(f"{k} {v:.1f} s" for k, v in seen.items()))
 
 
-def test_there_are_six_tutorials():
+def test_there_are_seven_tutorials():
     assert [p.name for p in NOTEBOOKS] == sorted(EXPECTED)
 
 
@@ -145,8 +159,49 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, durations):
     shown = "\n".join(_text_of(o) for c in code for o in c.outputs)
     missing = [s for s in EXPECTED[path.name] if s not in shown]
     assert not missing, f"{path.name}: outputs lack {missing}"
+    _check_fallbacks(nb)
     if path.name == "01_basics.ipynb":
         _check_basics_widgets(nb)
+    if path.name == "07_compare_and_cluster.ipynb":
+        _check_html_export(nb)
+
+
+def _widget_outputs(nb) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if WIDGET_MIME in o.get("data", {})]
+
+
+def _check_fallbacks(nb):
+    """Where no widget runs (GitHub, nbviewer, nbconvert) each scanner_nb widget shows a still:
+    a preview its shown frame as an image plus a caption, a progress bar its final state."""
+    for output in _widget_outputs(nb):
+        data = output.data
+        text = data.get("text/plain", "")
+        if text.startswith("Preview"):
+            images = [m for m in ("image/jpeg", "image/png") if m in data]
+            assert images, f"a preview saved without its frame: {text!r}"
+            picture = iio.imread(base64.b64decode(data[images[0]]))
+            assert picture.ndim == 3 and picture.shape[0] >= 16 and picture.std() > 0
+        elif "partition" in text:  # a progress bar
+            assert re.search(r"100%\|[#]+\| (\d+)/\1", text), f"bar saved unfinished: {text!r}"
+        else:  # others' widgets (a LocalCluster's) bring HTML; a user's HBox shows its repr
+            assert "text/html" in data or text.startswith("HBox(children=(Preview("), text
+
+
+def _check_html_export(nb):
+    """nbconvert's HTML of the executed notebook shows the compare preview's frame.
+
+    JupyterLab saves no widget state by default, and neither GitHub nor nbviewer runs one, so
+    the state nbclient stored is dropped first, as for a user's saved notebook."""
+    nbconvert = pytest.importorskip("nbconvert")
+    nb = nbformat.from_dict(nb)
+    nb.metadata.pop("widgets", None)
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    found = re.findall(r'<img[^>]+src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', body)
+    assert found, "the preview's frame is not in the exported HTML"
+    picture = iio.imread(base64.b64decode(found[0]))
+    assert picture.shape == (90, 160 + 8 + 160, 3)  # input and blurred frame side by side
+    assert "100%|##########| 4/4" in body  # the finished progress bar
 
 
 def _check_basics_widgets(nb):
@@ -169,10 +224,99 @@ def test_kernel_is_this_python(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import sys, scanner_nb\nprint(sys.prefix)\nprint(scanner_nb.__file__)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
     client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=60, startup_timeout=60,
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     prefix, module = nb.cells[0].outputs[0].text.split()
     assert Path(prefix).resolve() == Path(sys.prefix).resolve()
     assert Path(module).resolve().is_relative_to(ROOT)
+
+
+def test_kernel_error_shows_short_in_the_notebook(tmp_path):
+    """Uncaught, a KernelError is the kernel's line plus one sentence (locally and from a
+    cluster, where the workers' log line is not printed too); %xmode Verbose gives it all."""
+    new = nbformat.v4.new_code_cell
+    compute = "{}.ops.nb_fragile(x={}.io.Input([sp.MemoryStream(list(range(5)))])).compute()"
+    nb = nbformat.v4.new_notebook(cells=[
+        new("import distributed\nfrom typing import Any\nimport scanner_nb as sp\n"
+            "sc = sp.Client(show_progress=False)\n"
+            "cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, "
+            "dashboard_address=':0')\ncsc = sp.Client(address=cluster, show_progress=False)"),
+        new("@sp.register_python_op()\ndef nb_fragile(config, x: Any) -> Any:\n"
+            "    if x == 3:\n        raise ValueError('bad value')\n    return x"),
+        new(compute.format("sc", "sc")),
+        new(compute.format("csc", "csc")),
+        new("%xmode Verbose"),
+        new(compute.format("sc", "sc")),
+        new("csc.close()\ncluster.close()"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=90, startup_timeout=60,
+                                     allow_errors=True,
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=dict(os.environ, TMPDIR=str(tmp_path)))
+
+    def shown(cell):
+        return [ANSI.sub("", "\n".join(o.traceback)) if o.output_type == "error" else
+                o.get("text", "") for o in nb.cells[cell].outputs]
+
+    last = "KernelError: op 'nb_fragile' failed on stream 0, row 3: ValueError: bad value"
+    for cell in (2, 3):  # threads, then the cluster
+        (text,) = shown(cell)
+        lines = text.splitlines()
+        assert len(lines) <= 6, text
+        assert "raise ValueError('bad value')" in text  # the op's source, also from a worker
+        assert "<dynamic-code>" not in text and last in lines
+    verbose = shown(5)[0]
+    assert len(verbose.splitlines()) > 20 and last in verbose
+    assert "The above exception was the direct cause" in verbose
+
+
+class _RecordingClient(nbclient.NotebookClient):
+    """Keeps every widget state update the kernel sends, with the time it arrived."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.updates: list[tuple[float, dict]] = []
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        data = msg["content"].get("data", {})
+        if data.get("method") == "update":
+            self.updates.append((time.monotonic(), dict(data.get("state", {}))))
+        super().handle_comm_msg(outs, msg, cell_index)
+
+
+def test_progress_bar_moves_in_jupyter_during_a_cluster_compute(tmp_path):
+    """The bar's widget gets each finished partition while the cluster computes (the kernel
+    is blocked in compute(); distributed.progress, which needs its event loop, sent nothing),
+    and the saved output keeps the finished state as text."""
+    new = nbformat.v4.new_code_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        new("import time, distributed\nfrom typing import Any\nimport scanner_nb as sp\n"
+            "cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, "
+            "dashboard_address=':0')\n"
+            "sc = sp.Client(address=cluster, partition_size=2, show_progress=True)\n"
+            "@sp.register_python_op()\ndef nb_slow(config, x: Any) -> Any:\n"
+            "    time.sleep(0.25)\n    return x"),
+        new("print(sc.ops.nb_slow(x=sc.io.Input([sp.MemoryStream(list(range(12)))])).compute())"),
+        new("sc.close()\ncluster.close()"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    client = _RecordingClient(nb, kernel_name="python3", timeout=90, startup_timeout=60,
+                              resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env=dict(os.environ, TMPDIR=str(tmp_path)))
+    outputs = nb.cells[1].outputs
+    assert "[[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]]" in _text_of(outputs[-1])
+    values = [(t, s["value"]) for t, s in client.updates
+              if isinstance(s.get("value"), (int, float)) and s.get("max") is None]
+    moved = sorted({v for _, v in values if 0 < v < 6})
+    assert moved, f"the bar never showed a partial state: {values}"
+    first = min(t for t, v in values if 0 < v < 6)
+    last = max(t for t, v in values if v == 6)
+    assert last - first > 0.2  # updates spread over the compute, not sent at its end
+    (bar,) = [o for o in outputs if WIDGET_MIME in o.get("data", {})]
+    assert re.search(r"100%\|#+\| 6/6", bar.data["text/plain"])

@@ -14,18 +14,21 @@ import pickle
 import signal
 import threading
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import av
 import dask.array as da
 import numpy as np
 import pytest
+import xarray
 import zarr
 from conftest import calls_in
 
 import scanner_nb as sp
-from scanner_nb import storage
 from scanner_nb.samples import frame_index, make_video
+from scanner_nb.storage import fs as storage_fs
+from scanner_nb.storage.manifest import MANIFEST
 from scanner_nb.types import Batch
 
 N_FRAMES, WIDTH, HEIGHT, GOP, FPS = 60, 64, 48, 10, 30
@@ -80,19 +83,15 @@ def video(tmp_path_factory):
 def chunk_reads(monkeypatch):
     """Names of the chunk files read by stored-stream loads in this process, in order."""
     read = []
-    real_file, real_frames = storage._read_file, storage._read_frames_into
+    real_file = storage_fs.read_file
 
     def read_file(fs, path):
-        if not path.endswith(storage.MANIFEST):
-            read.append(os.path.basename(path))
+        if not path.endswith((MANIFEST, "lock.json")):
+            read.append(path.rsplit("/", 1)[-1] if "/c/" not in path else
+                        path[path.index("/c/") + 3:])
         return real_file(fs, path)
 
-    def read_frames_into(fs, path, out, config):
-        read.append(os.path.basename(path))
-        return real_frames(fs, path, out, config)
-
-    monkeypatch.setattr(storage, "_read_file", read_file)
-    monkeypatch.setattr(storage, "_read_frames_into", read_frames_into)
+    monkeypatch.setattr(storage_fs, "read_file", read_file)
     return read
 
 
@@ -147,11 +146,11 @@ def test_load_is_lazy_and_reads_only_the_chunks_it_needs(local_client, chunk_rea
         stored.load(rows=[1000])
 
 
-def test_frames_are_stored_bit_exact_as_zarr(client, video, tmp_path, chunk_reads):
+def test_lossless_frames_are_stored_bit_exact_as_zarr(client, video, tmp_path, chunk_reads):
     frames = client.io.Input([sp.NamedVideoStream(client, "clip", path=video)])
     expected = frames.compute()[0]
     assert [frame_index(f) for f in expected] == list(range(N_FRAMES))
-    out = client.io.Output(client.ops.run_invert(frame=frames),
+    out = client.io.Output(client.ops.run_invert(frame=frames).lossless(),
                            [sp.NamedVideoStream(client, "inv")])
     (stored,) = client.run(out, sp.PerfParams.manual(4, 20), show_progress=False)
     assert isinstance(stored, sp.NamedVideoStream) and len(stored) == N_FRAMES
@@ -163,17 +162,24 @@ def test_frames_are_stored_bit_exact_as_zarr(client, video, tmp_path, chunk_read
     del chunk_reads[:]
     picked = list(stored.load(rows=[45, 3, 4]))
     np.testing.assert_array_equal(np.stack(picked), 255 - expected[[45, 3, 4]])
-    assert chunk_reads == ["2.0.0.0", "0.0.0.0"]
+    assert chunk_reads == ["2/0/0/0", "0/0/0/0"]
 
-    # the stored frames open directly with zarr and dask
-    z = zarr.open(stored.zarr_path, mode="r")
+    # the stored frames open by path with zarr, dask and xarray
+    assert stored.zarr_path.endswith(".zarr")
+    z = zarr.open(stored.zarr_path, mode="r")["frames"]
     assert z.shape == (N_FRAMES, HEIGHT, WIDTH, 3) and z.chunks[0] == 20
     np.testing.assert_array_equal(z[:], 255 - expected)
-    array = da.from_zarr(stored.zarr_path)
+    array = da.from_zarr(stored.zarr_path, component="frames")
     np.testing.assert_array_equal(array[10:30].compute(), 255 - expected[10:30])
+    dataset = xarray.open_zarr(stored.zarr_path)
+    assert dataset["frames"].dims == ("frame", "y", "x", "channel")
+    assert dataset.attrs["fps"] == FPS and dataset.attrs["type"] == "FrameType"
+    assert dataset.attrs["rows"] == [0, N_FRAMES]
+    np.testing.assert_array_equal(dataset["frames"][5:7].values, 255 - expected[5:7])
 
     # save_mp4 writes exactly the path asked for, and the frames decode back in order
-    (plain,) = client.run(client.io.Output(frames, [sp.NamedVideoStream(client, "plain")]),
+    (plain,) = client.run(client.io.Output(frames.lossless(),
+                                           [sp.NamedVideoStream(client, "plain")]),
                           show_progress=False)
     np.testing.assert_array_equal(np.stack(list(plain.load())), expected)
     (tmp_path / "mp4").mkdir()
@@ -288,7 +294,8 @@ def test_each_chunk_is_written_by_the_worker_that_computed_it(cluster, tmp_path)
     with sp.Client(address=cluster, db_path=str(tmp_path / "db"), show_progress=False) as sc:
         inverted = sc.ops.run_invert(frame=sc.io.Input([sp.MemoryStream(frames)]))
         with distributed.get_task_stream(client=sc.distributed) as tasks:
-            (stored,) = sc.run(sc.io.Output(inverted, [sp.NamedVideoStream(sc, "inv")]),
+            (stored,) = sc.run(sc.io.Output(inverted.lossless(),
+                                            [sp.NamedVideoStream(sc, "inv")]),
                                sp.PerfParams.manual(10, 10), show_progress=False)
         np.testing.assert_array_equal(np.stack(list(stored.load())), 255 - frames)
     ran_on = {t["key"]: t["worker"] for t in tasks.data}
@@ -333,7 +340,7 @@ def test_perf_params_map_onto_partitions_and_work_packets(client, video):
     assert _threads_within_budget(client, sp.PerfParams.manual(1, 1), one_gop) is None
     (stored,) = client.run(client.io.Output(frames, [sp.NamedVideoStream(client, "tiny")]), tiny,
                            show_progress=False)
-    assert stored.manifest()["chunk_rows"] == GOP  # a partition is at least one GOP
+    assert stored.manifest()["chunk_rows"] == 1  # partitions follow the size, even inside a GOP
     assert [frame_index(f) for f in stored.load()] == list(range(N_FRAMES))
 
 
@@ -476,7 +483,7 @@ def test_worker_killed_mid_run_still_stores_a_complete_stream(tmp_path):
         return x * 3
 
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, silence_logs=50) as cluster, \
+                                  dashboard_address=":0", silence_logs=50) as cluster, \
             sp.Client(address=cluster, db_path=str(tmp_path / "db"), show_progress=False) as sc:
         pids = set(sc.distributed.run(os.getpid).values())
         out = sc.io.Output(sc.ops.run_kill_once(x=numbers(sc, 1000)), [sp.NamedStream(sc, "k")])
@@ -603,7 +610,7 @@ def test_memory_url_round_trip():
     frames = np.random.default_rng(1).integers(0, 256, (23, 12, 16, 3), dtype=np.uint8)
     with sp.Client(db_path=url, show_progress=False) as sc:
         try:
-            out = [sc.io.Output(sc.io.Input([sp.MemoryStream(frames)]),
+            out = [sc.io.Output(sc.io.Input([sp.MemoryStream(frames)]).lossless(),
                                 [sp.NamedVideoStream(sc, "frames")]),
                    sc.io.Output(sc.ops.run_plus(x=numbers(sc, 40)), [sp.NamedStream(sc, "nums")])]
             stored_frames, nums = sc.run(out, sp.PerfParams.manual(5, 10), show_progress=False)
@@ -611,8 +618,9 @@ def test_memory_url_round_trip():
             assert list(nums.load(rows=[39, 0])) == [1039, 1000] and len(nums) == 40
             np.testing.assert_array_equal(np.stack(list(stored_frames.load())), frames)
             assert stored_frames.zarr_path.startswith("memory://")
-            np.testing.assert_array_equal(zarr.open(stored_frames.zarr_path, mode="r")[:], frames)
-            np.testing.assert_array_equal(da.from_zarr(stored_frames.zarr_path).compute(), frames)
+            path = stored_frames.zarr_path
+            np.testing.assert_array_equal(zarr.open(path, mode="r")["frames"][:], frames)
+            np.testing.assert_array_equal(da.from_zarr(path, component="frames").compute(), frames)
             again = sc.ops.run_plus(x=sc.io.Input([sp.NamedStream(sc, "nums")]), by=1)
             assert again.compute() == [list(range(1001, 1041))]
             with pytest.raises(sp.StreamExistsError):
@@ -639,11 +647,8 @@ def test_progress_bar_in_a_terminal_and_off(client, capfd):
     out = sc.io.Output(numbers(sc, 200), [sp.NamedStream(sc, "p")])
     sc.run(out, sp.PerfParams.manual(10, 10), show_progress=True)
     captured = capfd.readouterr()
-    if sc.distributed is None:
-        # tqdm's text bar (tqdm.auto picks text outside Jupyter; it clears itself when done)
-        assert "scanner_nb:" in captured.err and "it/s]" in captured.err
-    else:  # distributed.progress: a text bar outside Jupyter
-        assert "100% Completed" in captured.out
+    # tqdm's text bar, on both schedulers (tqdm.auto picks text outside Jupyter)
+    assert "100%" in captured.err and "partition/s]" in captured.err
     sc.run(out, sp.PerfParams.manual(10, 10), cache_mode=sp.CacheMode.Overwrite,
            show_progress=False)
     captured = capfd.readouterr()
@@ -673,3 +678,85 @@ def test_output_arguments_are_checked_at_the_call(local_client, video):
         sc.run(sc.io.Output(s, [sp.NamedStream(sc, "a"), sp.NamedStream(sc, "b")]),
                cache_mode="overwrite", show_progress=False)
     assert sc.db.names() == []
+
+
+# ------------------------------------------------------------------------------ how frames are kept
+
+
+def _psnr(a, b):
+    mse = np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)
+    return 10 * np.log10(255.0**2 / mse) if mse else float("inf")
+
+
+@pytest.fixture(scope="module")
+def natural_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("natural") / "clip.mp4"
+    return make_video(path, n_frames=24, width=320, height=192, fps=FPS, gop=12)
+
+
+def test_frames_are_compressed_video_by_default_lossless_on_request(client, natural_video):
+    frames = client.io.Input([sp.NamedVideoStream(client, "src", path=natural_video)])
+    (expected,) = frames.compute()
+    default, chosen, exact = client.run(
+        [client.io.Output(frames, [sp.NamedVideoStream(client, "default")]),
+         client.io.Output(frames.compress_video(quality=35), [sp.NamedVideoStream(client, "q35")]),
+         client.io.Output(frames.lossless(), [sp.NamedVideoStream(client, "exact")])],
+        sp.PerfParams.manual(4, 12), show_progress=False)
+    got = {s.name: np.stack(list(s.load())) for s in (default, chosen, exact)}
+    assert [s.manifest()["layout"] for s in (default, chosen, exact)] == ["video", "video", "zarr"]
+    assert _psnr(got["default"], expected) >= 40
+    assert _psnr(got["q35"], expected) < _psnr(got["default"], expected)
+    assert chosen.manifest()["nbytes"] < default.manifest()["nbytes"] < exact.manifest()["nbytes"]
+    np.testing.assert_array_equal(got["exact"], expected)
+    assert os.path.getsize(natural_video) * 3 > default.manifest()["nbytes"]
+    with pytest.raises(sp.ScannerValueError, match="not stored as a Zarr array"):
+        default.zarr_path  # noqa: B018
+    # a stored video stream is an input, sampling reads only the chunks it needs
+    again = client.streams.Gather(client.io.Input([sp.NamedVideoStream(client, "default")]),
+                                  [[23, 0]])
+    np.testing.assert_array_equal(again.compute()[0], got["default"][[23, 0]])
+    with pytest.raises(sp.ScannerTypeError, match="frame streams"):
+        numbers(client, 3).lossless()
+
+
+def test_plain_data_and_pickled_objects_round_trip(client):
+    values = [None, 1, 2.5, "x", b"y", [1, (2, 3)], {"k": np.arange(3)}, np.float32(4), 3j]
+    (stored,) = client.run(client.io.Output(client.io.Input([sp.MemoryStream(values)]),
+                                            [sp.NamedStream(client, "plain")]),
+                           sp.PerfParams.manual(3, 3), show_progress=False)
+    loaded = list(stored.load())
+    assert [type(v) for v in loaded] == [type(v) for v in values]
+    assert loaded[:6] == values[:6] and loaded[7:] == values[7:]
+    np.testing.assert_array_equal(loaded[6]["k"], values[6]["k"])
+    assert not any(c["pickled"] for c in stored.manifest()["chunks"])
+
+
+def test_a_re_registered_type_is_used_by_workers(client):
+    def version(sign):
+        class RunSigned:
+            def serialize(value):
+                return np.float64(sign * value).tobytes()
+
+            def deserialize(data):
+                return sign * float(np.frombuffer(data, np.float64)[0])
+
+        return sp.types.register_type(RunSigned)
+
+    def to_signed(config, x: Any):
+        return float(x)
+
+    version(1)
+    to_signed.__annotations__["return"] = "RunSigned"
+    sp.register_python_op(name="run_to_signed")(to_signed)
+
+    for sign in (1, -1):
+        version(sign)  # a notebook cell re-run with a changed serialize
+        (stored,) = client.run(
+            client.io.Output(client.ops.run_to_signed(x=numbers(client, 8)),
+                             [sp.NamedStream(client, "signed")]),
+            sp.PerfParams.manual(4, 4), cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+        assert list(stored.load()) == [float(i) for i in range(8)]
+        raw = sp.types.lookup_type("RunSigned").serialize(3.0)
+        path = os.path.join(client.db.root, "signed", stored.manifest()["version"], "0.elements")
+        with open(path, "rb") as f:
+            assert raw in f.read()  # the current serialize wrote it, on every worker

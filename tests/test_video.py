@@ -193,7 +193,7 @@ def test_index_cache(videos, tmp_path, monkeypatch):
         calls.append(args)
         raise AssertionError("index_video demuxed although the cache is fresh")
 
-    monkeypatch.setattr(video.av, "open", no_demux)
+    monkeypatch.setattr(av, "open", no_demux)
     second = index_video(path, cache_dir=cache)
     assert second == first and calls == []
     assert second.keyframes.tolist() == first.keyframes.tolist()
@@ -266,20 +266,20 @@ def test_stepping_forward_does_not_seek(indexes):
     index = indexes["h264_gop12"]
     assert _indices(read_frames(index, [5])) == [5]
     assert decode_stats()[index.path] == 6  # from the keyframe at 0
-    seeks = video._seek_stats()[index.path]
+    seeks = video.decode._seek_stats()[index.path]
     for r in range(6, 40):  # across the keyframes at 12, 24, 36
         assert _indices(read_frames(index, [r])) == [r]
         assert decode_stats()[index.path] == r + 1  # exactly one more frame each time
-    assert video._seek_stats()[index.path] == seeks
+    assert video.decode._seek_stats()[index.path] == seeks
 
 
 def test_skipping_ahead_within_a_gop_decodes_forward(indexes):
     index = indexes["h264_gop50"]
     read_frames(index, [3])
-    seeks = video._seek_stats()[index.path]
+    seeks = video.decode._seek_stats()[index.path]
     read_frames(index, [20])
     assert decode_stats()[index.path] == 4 + 17
-    assert video._seek_stats()[index.path] == seeks
+    assert video.decode._seek_stats()[index.path] == seeks
 
 
 def test_sparse_rows_decode_only_their_gops(indexes):
@@ -338,9 +338,9 @@ def test_concurrent_reads_from_threads(indexes):
 
     with ThreadPoolExecutor(6) as ex:
         assert all(ex.map(work, range(12)))
-    pool = video._pool
-    assert 1 <= len(pool.idle[index._key]) <= video._MAX_READERS_PER_FILE
-    assert pool.count[index._key] == len(pool.idle[index._key])
+    pool = video.decode._pool
+    assert 1 <= len(pool.idle[(index._key, True)]) <= video.decode._MAX_READERS_PER_FILE
+    assert pool.count[(index._key, True)] == len(pool.idle[(index._key, True)])
 
 
 def test_file_changed_or_removed_after_indexing(videos, tmp_path):
@@ -473,22 +473,14 @@ def _check_plan(index, rows, size, parts):
     def gop_of(p):
         return np.searchsorted(keyframes, p, side="right") - 1
 
+    for p in parts:
+        assert 0 < len(p) <= size  # memory follows the partition size, never the GOP
     gops = [set(gop_of(p).tolist()) for p in parts]
-    for a in range(len(gops)):  # no GOP split across partitions
+    for a in range(len(gops)):  # a GOP shared by partitions: only a long one, in pieces
         for b in range(a + 1, len(gops)):
-            assert not gops[a] & gops[b]
-
-    def cost(p):
-        g = gop_of(p)
-        return sum(int(p[g == k].max()) - int(keyframes[k]) + 1 for k in np.unique(g))
-
-    for j, p in enumerate(parts):
-        assert len(p) > 0
-        c = cost(p)
-        if j < len(parts) - 1:
-            assert c >= size  # closed only once it is full
-        last = p[gop_of(p) == gop_of(p[-1:])[0]]
-        assert c - cost(last) < size  # ... and as soon as it is full
+            for g in gops[a] & gops[b]:
+                assert int(np.sum(gop_of(rows) == g)) > size
+                assert gops[a] == gops[b] == {g}  # its pieces hold nothing else
 
 
 def test_plan_partitions_properties():
@@ -507,10 +499,12 @@ def test_plan_partitions_properties():
 def test_plan_partitions_examples(indexes):
     index = indexes["h264_gop12"]
     parts = plan_partitions(index, np.arange(N), 30)
-    assert [(int(p[0]), int(p[-1])) for p in parts] == [(0, 35), (36, 71), (72, 107), (108, 119)]
-    # a GOP longer than the partition size stays whole
+    assert [(int(p[0]), int(p[-1])) for p in parts] == [(0, 23), (24, 47), (48, 71), (72, 95),
+                                                        (96, 119)]
+    # a GOP longer than the partition size is split into even pieces (decoded as a chain)
     long = indexes["h264_gop50"]
-    assert [len(p) for p in plan_partitions(long, np.arange(N), 8)] == [50, 50, 20]
+    assert [len(p) for p in plan_partitions(long, np.arange(N), 8)] == [8, 7, 7, 7, 7, 7, 7] * 2 + [
+        7, 7, 6]
     # sparse rows: one partition per GOP prefix when each fills the size
     assert [p.tolist() for p in plan_partitions(index, [11, 13, 50], 12)] == [[11], [13, 50]]
     assert plan_partitions(index, np.array([], dtype=np.int64), 10) == []
@@ -576,13 +570,18 @@ def test_encode_mp4_round_trip_odd_size(tmp_path):
     data = dest.read_bytes()
     assert data.find(b"moov") < data.find(b"mdat")  # index at the front (faststart)
     (codec, pix_fmt, rate), decoded = _decode_all(str(dest))
-    assert (codec, pix_fmt, rate) == ("h264", "yuv420p", 24)
+    assert (codec, pix_fmt, rate) == ("h264", "yuv444p", 24)  # odd sizes need 4:4:4
     assert len(decoded) == 30
-    assert decoded[0].shape == (98, 162, 3)  # padded to even
+    assert decoded[0].shape == (97, 161, 3)  # the exact size
     for a, b in zip(decoded, frames):
-        err = np.abs(a[:97, :161].astype(int) - b.astype(int))
+        err = np.abs(a.astype(int) - b.astype(int))
         assert err.mean() < 3 and err.max() <= 24
-        # the padding repeats the last row and column
+    # for browsers: padded to even, 4:2:0; the padding repeats the last row and column
+    encode_mp4(iter(frames), dest, fps=24, pad_odd=True)
+    (codec, pix_fmt, rate), decoded = _decode_all(str(dest))
+    assert pix_fmt == "yuv420p" and decoded[0].shape == (98, 162, 3)
+    for a, b in zip(decoded, frames):
+        assert np.abs(a[:97, :161].astype(int) - b.astype(int)).mean() < 3
         assert np.abs(a[97, :161].astype(int) - a[96, :161].astype(int)).mean() < 3
         assert np.abs(a[:97, 161].astype(int) - a[:97, 160].astype(int)).mean() < 3
 

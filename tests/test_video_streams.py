@@ -270,7 +270,12 @@ def test_stateful_and_stencil_ops_over_a_video_decode_every_frame_once(videos, d
                lambda: sc.ops.VsHistory(frame=inp), lambda: sc.ops.VsCount(frame=inp, tag=[0] * 3)):
         video.reset_decode_stats()
         op().compute()
-        assert video.decode_stats() == {videos[n]: SPECS[n]["n_frames"] for n in names}
+        stats = video.decode_stats()
+        for n in names:
+            frames = SPECS[n]["n_frames"]
+            # pieces of a GOP continue one reader; with more GOPs open at once than readers
+            # per file, a piece may decode its GOP's prefix again (correct, a little slower)
+            assert frames <= stats[videos[n]] <= frames * 1.25, n
 
 
 def test_frames_are_bit_exact_with_plain_pyav(videos, db):
@@ -299,7 +304,7 @@ def test_read_frames_into_a_given_array(videos):
 
 
 @pytest.mark.parametrize("partition_size", PARTITION_SIZES)
-def test_partitions_are_whole_gops_starting_at_keyframes(videos, db, keyframes, partition_size):
+def test_partitions_are_whole_gops_or_pieces_of_one(videos, db, keyframes, partition_size):
     sc = make_client(db, partition_size)
     inp = video_input(sc, videos)
     downstream = sc.ops.FrameDifference(frame=inp)  # an op keeps its source's partitions
@@ -311,13 +316,14 @@ def test_partitions_are_whole_gops_starting_at_keyframes(videos, db, keyframes, 
         assert info["length"] == n
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous
-        for j, (start, end) in enumerate(bounds):
-            assert start in kf, (name, bounds)
-            assert end in kf or end == n, (name, bounds)
-            if partition_size is not None and j < len(bounds) - 1:
-                assert end - start >= partition_size  # at least partition_size rows ...
-                last_gop = max(k for k in kf if k < end)
-                assert last_gop - start < partition_size  # ... and no more GOPs than needed
+        for start, end in bounds:
+            if partition_size is not None:
+                assert end - start <= partition_size  # memory follows the partition size
+            if start not in kf or (end not in kf and end != n):  # a piece of one long GOP
+                gop_start = max(k for k in kf if k <= start)
+                gop_end = min([k for k in kf if k > gop_start] + [n])
+                assert gop_end - gop_start > partition_size
+                assert gop_start <= start and end <= gop_end
         if partition_size is None:
             assert len(bounds) == 1  # ~64 MiB of small frames: one partition
 
@@ -560,9 +566,9 @@ def test_save_mp4_round_trip_odd_size(videos, db, tmp_path):
     assert small.save_mp4(path, stream_index=1) == path
     assert sorted(os.listdir(tmp_path)) == ["clip.video"]
     frames, (codec, pix_fmt, width, height) = _read_back(path)
-    assert (codec, pix_fmt, width, height) == ("h264", "yuv420p", 82, 50)  # padded to even
+    assert (codec, pix_fmt, width, height) == ("h264", "yuv444p", 81, 49)  # the exact size
     assert len(frames) == len(want[1]) == 26
-    got = np.stack(frames)[:, :49, :81]
+    got = np.stack(frames)
     assert indices(got) == list(range(0, 130, 5))
     err = np.abs(got.astype(np.int16) - want[1].astype(np.int16))
     assert err.mean() < 4 and np.percentile(err, 99) < 40
@@ -574,7 +580,7 @@ def test_save_mp4_of_a_video_stream_and_fps(videos, db, tmp_path):
     path = str(tmp_path / "odd.mp4")
     sc.streams.Range(inp, [(5, 40)]).save_mp4(path)
     frames, (codec, pix_fmt, width, height) = _read_back(path)
-    assert (codec, pix_fmt, width, height) == ("h264", "yuv420p", 162, 98)
+    assert (codec, pix_fmt, width, height) == ("h264", "yuv444p", 161, 97)
     assert indices(frames) == list(range(5, 40))
     with av.open(path) as c:
         assert float(c.streams.video[0].average_rate) == pytest.approx(24.0)

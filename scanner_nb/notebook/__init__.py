@@ -8,6 +8,7 @@ without a browser and without a graph:
 ``preview``    ``Preview(fetch, lengths, is_frame=...)``: ipywidgets slider + Play + image
 ``plot``       ``plot_elements(series, labels)``: scalars or vectors against row index
 ``video``      ``show_video_html(frames, fps)``: an inline base64 H.264 ``<video>``
+``cluster``    ``keep_workers_on_interrupt(cluster)``: a LocalCluster that survives an interrupt
 =============  ==========================================================================
 
 Importing this package imports nothing heavy (no ipywidgets, matplotlib or av); the names
@@ -21,7 +22,9 @@ from typing import Any
 
 __all__ = [
     "Preview",
+    "KeepWorkersOnInterrupt",
     "VideoHTML",
+    "keep_workers_on_interrupt",
     "plan_html",
     "plan_text",
     "plot_elements",
@@ -30,7 +33,9 @@ __all__ = [
 
 _WHERE = {
     "Preview": "preview",
+    "KeepWorkersOnInterrupt": "cluster",
     "VideoHTML": "video",
+    "keep_workers_on_interrupt": "cluster",
     "plan_html": "repr",
     "plan_text": "repr",
     "plot_elements": "plot",

@@ -82,6 +82,7 @@ def plot_elements(
     series: list[list],
     labels: list[str] | None = None,
     ax: Any = None,
+    ylabel: str = "value",
 ) -> Any:
     """Draw scalar or vector elements against their row index, one line per stream.
 
@@ -95,6 +96,12 @@ def plot_elements(
         One label per stream; ``stream 0``, ``stream 1``, ... by default.
     ax : matplotlib.axes.Axes, optional
         Where to draw; a new figure's Axes by default (``pyplot.subplots``).
+    ylabel : str
+        The y axis label (the x axis is ``row``).
+
+    Points between two gaps (a sparse stream: ``RepeatNull(Stride(...))``) get a marker, since
+    no line reaches them; series differ in line style and marker and are half transparent, so
+    one never hides another; the legend sits beside the axes.
 
     Returns
     -------
@@ -117,21 +124,46 @@ def plot_elements(
         labels = [f"stream {i}" for i in range(len(series))]
     labels = [str(x) for x in labels] + [f"stream {i}" for i in range(len(labels), len(series))]
     longest = 0
+    n_lines = 0
     for elements, label in zip(series, labels):
         values, is_vector = _series_matrix(elements)
-        rows = np.arange(len(elements))
         longest = max(longest, len(elements))
-        marker = "." if len(elements) <= 60 else None
-        if is_vector:
-            for c in range(values.shape[1]):
-                ax.plot(rows, values[:, c], marker=marker, label=f"{label}[{c}]")
-        else:
-            ax.plot(rows, values[:, 0], marker=marker, label=label)
+        columns = range(values.shape[1]) if is_vector else [0]
+        for c in columns:
+            name = f"{label}[{c}]" if is_vector else label
+            _plot_line(ax, values[:, c], name, n_lines)
+            n_lines += 1
     ax.set_xlabel("row")
+    ax.set_ylabel(ylabel)
     if longest:
         ax.set_xlim(-0.5, max(longest - 0.5, 0.5))
-    n_lines = len(ax.get_lines())
-    if 0 < n_lines <= 20:
-        # "best" scans every point: fine for a preview, slow for millions of rows.
-        ax.legend(loc="best" if longest * n_lines <= 20_000 else "upper right", fontsize="small")
+    if 0 < n_lines <= 20:  # beside the axes, never over the data
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  fontsize="small", frameon=False)
+        ax.figure.tight_layout()
     return ax
+
+
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _plot_line(ax: Any, y: np.ndarray, label: str, k: int) -> None:
+    """One series: a line where points have neighbours, a marker where one stands alone.
+
+    Styles cycle per series (line style and marker) and lines are half transparent, so equal
+    series drawn over each other stay distinguishable.
+    """
+    x = np.arange(len(y))
+    ok = np.isfinite(y)
+    before = np.concatenate([[False], ok[:-1]])
+    after = np.concatenate([ok[1:], [False]])
+    alone = ok & ~before & ~after  # between nulls (e.g. RepeatNull): no line reaches it
+    few = ok.sum() <= 60
+    marker = _MARKERS[k % len(_MARKERS)]
+    line, = ax.plot(x, y, linestyle=_STYLES[k % len(_STYLES)], alpha=0.75,
+                    linewidth=max(2.5 - 0.75 * k, 1.0),  # the first widest: overlaps show
+                    marker=marker if few else None, markersize=4, label=label)
+    if not few and alone.any():
+        ax.plot(x[alone], y[alone], linestyle="none", marker=marker, markersize=3,
+                color=line.get_color(), alpha=0.75)

@@ -32,6 +32,7 @@ TAIL_STREAMS = 4
 MAX_PROPS = 12  # properties per node
 MAX_INPUTS = 8  # input ids per node
 MAX_VALUE = 60  # characters of one property value
+MAX_ITEMS = 4  # items of a list value (one per stream, e.g. Resize's width)
 MAX_LABEL = 80  # characters of a label or a source
 
 _KIND_COLORS = {  # (text, background): readable on light and dark themes
@@ -63,9 +64,14 @@ def _text(value: Any, limit: int = MAX_VALUE) -> str:
 
     >>> _text("x"), _text(None), _text(3.5), _text([1, 2])
     ('x', 'None', '3.5', '[1, 2]')
+    >>> _text([640] * 10)
+    '[640, 640, 640, … 7 more]'
     """
     if isinstance(value, str):
         out = value
+    elif isinstance(value, (list, tuple)) and len(value) > MAX_ITEMS:
+        shown = ", ".join(_text(v, limit) for v in value[:MAX_ITEMS - 1])
+        out = f"[{shown}, … {len(value) - MAX_ITEMS + 1} more]"
     else:
         try:
             out = repr(value)

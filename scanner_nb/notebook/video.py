@@ -35,6 +35,7 @@ GUARD = 0.9  # aim the estimate at this share of max_bytes
 PROBE = 16  # frames encoded first to measure the clip's bytes per frame
 KEYINT = 250  # x264's default keyframe interval
 HEADER_BYTES = 2048  # ftyp + moov boxes, roughly
+MIN_WIDTH = 480  # narrower clips are shown a whole factor larger (controls cover less)
 
 
 class VideoHTML:
@@ -100,18 +101,22 @@ def video_html(data: bytes, width: int, height: int, note: str = "") -> str:
     """The HTML for an mp4: ``<video controls autoplay loop muted playsinline>`` plus a note.
 
     The element has the frames' own ``width``/``height`` and ``max-width:100%; height:auto``,
-    so a wide clip is scaled down to the cell, keeping its aspect, and never stretched.
+    so a wide clip is scaled down to the cell, keeping its aspect; a clip narrower than
+    ``MIN_WIDTH`` is shown a whole factor larger with square pixels (``image-rendering:
+    pixelated``), so the player's controls do not cover it.
 
     >>> h = video_html(b"mp4", 64, 48, note="cut <here>")
-    >>> 'type="video/mp4"' in h and 'width="64"' in h and "cut &lt;here&gt;" in h
+    >>> 'type="video/mp4"' in h and 'width="512"' in h and "cut &lt;here&gt;" in h
     True
     """
     b64 = base64.b64encode(data).decode("ascii")
     parts = ['<div class="scanner-nb-video">']
     if data:
+        k = -(-MIN_WIDTH // int(width)) if 0 < int(width) < MIN_WIDTH else 1
         parts.append(
-            f'<video controls autoplay loop muted playsinline width="{int(width)}" '
-            f'height="{int(height)}" style="max-width:100%;height:auto;display:block">'
+            f'<video controls autoplay loop muted playsinline width="{int(width) * k}" '
+            f'height="{int(height) * k}" style="max-width:100%;height:auto;display:block;'
+            'image-rendering:pixelated">'
             f'<source src="data:video/mp4;base64,{b64}" type="video/mp4">'
             "Your browser does not support the video tag.</video>"
         )
@@ -297,7 +302,7 @@ def show_video_html(
 
     def encode(chunks: Iterable[np.ndarray]) -> tuple[bytes, int]:
         buf = io.BytesIO()
-        n, _ = encode_mp4(chunks, buf, fps=fps, crf=crf, preset=preset)
+        n, _ = encode_mp4(chunks, buf, fps=fps, crf=crf, preset=preset, pad_odd=True)
         return buf.getvalue(), n
 
     # Probe: encode the first PROBE frames. A short clip ends here; a longer one gets the

@@ -52,6 +52,7 @@ class NamedStream:
         self.name = validate_name(name)
         self.token = uuid.uuid4().hex
         self._manifest: dict | None = None
+        self._held = None
 
     @property
     def label(self) -> str:
@@ -63,9 +64,21 @@ class NamedStream:
         return self._client.db
 
     def manifest(self) -> dict:
-        """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent."""
-        self._manifest = self.db.manifest(self.name)
-        return self._manifest
+        """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent.
+
+        The version it names stays on disk while this handle lives (in this process)."""
+        manifest = self.db.manifest(self.name)
+        if self._manifest is None or manifest["version"] != self._manifest["version"]:
+            self.forget()
+            self._held = self.db.hold(self.name, manifest, self)
+        self._manifest = manifest
+        return manifest
+
+    def forget(self) -> None:
+        """Drop the cached manifest (and this handle's hold on its version)."""
+        if self._held is not None:
+            self._held()
+        self._manifest = self._held = None
 
     @property
     def type_name(self) -> str:
@@ -88,12 +101,14 @@ class NamedStream:
 
     def delete(self) -> None:
         """Remove the stored stream."""
+        self.forget()
         self.db.delete(self.name)
-        self._manifest = None
 
     @property
     def zarr_path(self) -> str:
-        """Where a frame stream's Zarr array is (``zarr.open``, ``dask.array.from_zarr``, napari)."""
+        """The Zarr group of a stream stored losslessly (``stream.lossless()``), for
+        ``xarray.open_zarr(path)``, ``zarr.open(path)["frames"]`` or
+        ``dask.array.from_zarr(path, component="frames")``."""
         return self.db.zarr_path(self.name)
 
     def check_input(self) -> None:
@@ -135,20 +150,33 @@ class NamedVideoStream(NamedStream):
     With ``path`` it reads the user's file (never written or deleted: ``delete()`` forgets only
     the library's index). Without, it names stored frames (an ``sc.io.Output`` target).
 
+    Parameters (with ``path``)
+    --------------------------
+    stream_index : int
+        Which video track of the file, counting its video tracks from 0.
+    rotate : bool
+        Frames come out as a player shows them (the display matrix: rotation, mirroring);
+        ``False`` keeps the coded orientation. ``metadata["rotation"]`` says which.
+    resize : bool
+        Where the video changes resolution, scale every frame to the first frame's size;
+        by default frames keep their own sizes (``compute()`` then gives a list).
+
     Examples
     --------
     >>> video = sp.NamedVideoStream(sc, "movie", path="movie.mp4")     # doctest: +SKIP
-    >>> len(video), video.fps                                          # doctest: +SKIP
-    (1800, 30.0)
+    >>> len(video), video.fps, video.metadata["rotation"]             # doctest: +SKIP
+    (1800, 30.0, 90)
     """
 
-    def __init__(self, sc, name: str, path: str | os.PathLike | None = None):
+    def __init__(self, sc, name: str, path: str | os.PathLike | None = None, *,
+                 stream_index: int = 0, rotate: bool = True, resize: bool = False):
         super().__init__(sc, name)
         from ..fsio import location
 
         self.path = None if path is None else location(path)  # a URL is kept as given
         self._file = None if path is None else VideoFileSource(
-            self.name, self.path, sc.index_cache_dir, sc.storage_options)
+            self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize,
+            storage_options=sc.storage_options)
 
     @property
     def type_name(self) -> str:
@@ -158,6 +186,11 @@ class NamedVideoStream(NamedStream):
     def index(self):
         """The video file's index (frame timestamps and keyframes)."""
         return self._file.index
+
+    @property
+    def metadata(self) -> dict:
+        """The video file's metadata: size, ``rotation``, ``hflip``, fps, frames, codec, ..."""
+        return self._file.metadata
 
     def exists(self) -> bool:
         if self._file is None:
@@ -179,7 +212,10 @@ class NamedVideoStream(NamedStream):
         if self._file is None:
             return super().load(rows)
         wanted = np.arange(len(self)) if rows is None else np.asarray(list(rows), dtype=np.int64)
-        return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        if rows is not None or not len(wanted):
+            return iter(self._file.read(wanted)) if len(wanted) else iter(())
+        return (f for start in range(0, len(wanted), 64)  # bounded memory: a piece at a time
+                for f in self._file.read(wanted[start:start + 64]))
 
     def delete(self) -> None:
         if self._file is None:
@@ -204,10 +240,15 @@ class NamedVideoStream(NamedStream):
     def frame_shape(self) -> tuple[int, int, int] | None:
         return self._file.frame_shape if self._file is not None else None
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
+             after: list | None = None) -> tuple:
         if self._file is None:
             return super().task(stream, rows)
-        return self._file.task(stream, rows, out)
+        return self._file.task(stream, rows, out, after)
+
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition `rows` continues the GOP `previous` ends in (video files only)."""
+        return self._file is not None and self._file.follows(previous, rows)
 
     @property
     def fps(self) -> float:
@@ -218,9 +259,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
-        frames = (f for start in range(0, len(self), 64)
-                  for f in self._file.read(np.arange(start, min(start + 64, len(self)))))
-        encode_mp4(frames, path, fps=fps or self.fps)
+        encode_mp4(self.load(), path, fps=fps or self.fps)
         return path
 
     def __repr__(self) -> str:

@@ -15,30 +15,42 @@ from ..types import Batch
 __all__ = ["VideoFileSource"]
 
 
-def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None) -> Batch:
-    """Decode a partition's frames (into ``out``, a slice of the result, when given)."""
+def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, options=None,
+                after=None) -> Batch:
+    """Decode a partition's frames (into ``out``, a slice of the result, when given).
+
+    ``after``: tasks this piece waits for (the consumers of the previous piece of its GOP; see
+    ``graph._chain_pieces``), a dependency only: it orders the reads.
+    """
     from ..video import read_frames
 
     try:
-        frames = read_frames(index, rows, out=out)
+        frames = read_frames(index, rows, out=out, **(options or {}))
     except VideoError as exc:  # name the stream as well as the file and row
         raise type(exc)(f"NamedVideoStream {name!r} (stream {stream}): {exc}") from None
     return Batch(stream, rows, frames, None, "FrameType")
 
 
 class VideoFileSource:
-    """A video file, indexed by demuxing (cached), read a partition of GOPs at a time."""
+    """A video file, indexed by demuxing (cached), read a partition at a time.
+
+    ``track`` picks the file's video track (counting video tracks from 0); ``rotate`` turns
+    frames as the file's display matrix says; ``resize`` scales every frame to the first
+    frame's size where the video changes resolution (default: frames keep their own size).
+    """
 
     type_name = "FrameType"
 
-    def __init__(self, name: str, path: str, cache_dir: str | None,
-                 storage_options: dict | None = None):
+    def __init__(self, name: str, path: str, cache_dir: str | None, track: int = 0,
+                 rotate: bool = True, resize: bool = False, storage_options: dict | None = None):
         from ..fsio import location
 
         self.name = name
         self.path = location(path)  # a URL (s3://...) is read on the workers with these options
         self.storage_options = storage_options
         self.cache_dir = cache_dir
+        self.track = int(track)
+        self.options = {"rotate": bool(rotate), "resize": bool(resize)}
         self.label = f"NamedVideoStream {name!r}"
         self.token = uuid.uuid4().hex
         self._index = None
@@ -50,7 +62,8 @@ class VideoFileSource:
             from ..video import index_video
 
             try:
-                self._index = index_video(self.path, self.cache_dir, self.storage_options)
+                self._index = index_video(self.path, self.cache_dir, self.track,
+                                          storage_options=self.storage_options)
             except VideoError as exc:  # name the stream as well as the file
                 raise type(exc)(f"NamedVideoStream {self.name!r}: {exc}") from None
         return self._index
@@ -70,18 +83,34 @@ class VideoFileSource:
             partition_size = max(1, FRAME_PARTITION_BYTES // max(1, frame_bytes))
         return plan_partitions(self.index, rows, partition_size)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        from ..video import read_frames
+    def read(self, rows: np.ndarray) -> np.ndarray | list:
+        return _read_video(self.index, self.name, 0, rows, None, self.options).elements
 
-        return read_frames(self.index, rows)
+    @property
+    def metadata(self) -> dict:
+        """The video's metadata (size, display rotation, frame rate, ...), from its index."""
+        return self.index.metadata
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
-        """``(H, W, 3)`` of every frame."""
-        return (self.index.height, self.index.width, 3)
+        """``(H, W, 3)`` of the first frame as it comes out (rotated unless ``rotate=False``)."""
+        index = self.index
+        width, height = index.display_size if self.options["rotate"] else (index.width,
+                                                                            index.height)
+        return (height, width, 3)
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None) -> tuple:
-        return (_read_video, self.index, self.name, stream, rows, out)
+    def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether partition `rows` continues the GOP partition `previous` ends in.
+
+        Such pieces of a long GOP are read in order, each continuing the decoder the previous
+        one left there (see :func:`~scanner_nb.video.plan_partitions`).
+        """
+        return self.index.keyframe_at_or_before(int(rows[0])) <= int(previous[-1])
+
+    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
+             after: list | None = None) -> tuple:
+        """The read task; ``after``: keys of tasks to run first (see :meth:`follows`)."""
+        return (_read_video, self.index, self.name, stream, rows, out, self.options, after)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""
@@ -90,5 +119,5 @@ class VideoFileSource:
         close_readers(self.path)
         if self.cache_dir:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(index_cache_path(self.path, self.cache_dir))
+                os.remove(index_cache_path(self.path, self.cache_dir, self.track))
         self._index = None

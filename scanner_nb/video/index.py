@@ -1,0 +1,572 @@
+"""The index of a video file: frame timestamps, keyframes and display orientation, by demuxing.
+
+Costs: :func:`index_video` reads every packet once (no decoding; one frame is decoded to read its
+display matrix): O(n) packet reads, I/O bound. The result is cached in a small ``.npz`` file, so
+a second open costs one ``stat`` and one read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+
+from ..errors import RowIndexError, ScannerValueError, VideoError, VideoNotFoundError
+from ..fsio import file_stat, is_url, location
+from ..log import get_logger
+from ._av import AV_ERRORS, describe, open_container, video_track
+
+__all__ = ["VideoIndex", "index_video", "index_cache_path", "orient"]
+
+_CACHE_VERSION = 2
+_log = get_logger("video")
+
+
+def _frozen_int64(a: Any) -> np.ndarray:
+    arr = np.array(a, dtype=np.int64, copy=True).reshape(-1)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class VideoIndex:
+    """What :func:`index_video` learned from demuxing a video file.
+
+    Rows are frames in display order, ``0 … len(index) - 1``, one per video packet; row ``r``
+    is the frame whose presentation timestamp is ``pts[r]``. Where timestamps cannot tell frames
+    apart (two frames share one, or packets carry none), rows are the frames in the order the
+    decoder gives them, as players show them (`by_order`), and ``pts`` holds the packets'
+    timestamps in decode order.
+
+    Attributes
+    ----------
+    path : str
+        Absolute path of the file.
+    width, height : int
+        Coded size of the first frame, in pixels (before `rotation`; later frames may differ).
+    fps : float
+        Average frame rate, from the timestamps (the container's nominal rate where it agrees).
+    pts : numpy.ndarray
+        ``int64`` presentation timestamps of every frame, in display order, in `time_base` units.
+    keyframes : numpy.ndarray
+        ``int64`` sorted rows of the keyframes; the first is 0.
+    time_base : fractions.Fraction
+        Seconds per `pts` unit.
+    codec : str
+        FFmpeg's codec name, e.g. ``"h264"``.
+    size, mtime_ns : int
+        The file's size and modification time when it was indexed (0 if unknown).
+    stream_index : int
+        Which of the container's streams holds the video.
+    rotation : int
+        How a player turns the frames: 0, 90, 180 or 270 degrees counterclockwise (from the
+        display matrix; FFmpeg's ``-display_rotation``).
+    hflip : bool
+        Whether a player then mirrors them left-right (FFmpeg's ``-display_hflip``).
+    by_order : bool
+        Rows are counted in the decoder's output order (timestamps duplicated or missing).
+    keyframe_pos : numpy.ndarray
+        Byte position of each keyframe's packet (``-1`` unknown); finds where a seek landed
+        when timestamps cannot.
+    damaged : bool
+        Packets were flagged corrupt or the file ends in damaged data: decode it
+        single-threaded, so the same frames are found damaged every time.
+    storage_options : dict
+        For a URL (``s3://...``): the fsspec options it is opened with; they travel with the
+        index to the workers.
+
+    Examples
+    --------
+    >>> index = VideoIndex("/v.mp4", 64, 48, 24.0, np.arange(30), np.array([0, 10, 20]),
+    ...                    Fraction(1, 24), "h264")
+    >>> len(index), index.keyframe_at_or_before(15), index.display_size
+    (30, 10, (64, 48))
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    pts: np.ndarray
+    keyframes: np.ndarray
+    time_base: Fraction
+    codec: str
+    size: int = 0
+    mtime_ns: int = 0
+    stream_index: int = 0
+    rotation: int = 0
+    hflip: bool = False
+    by_order: bool = False
+    keyframe_pos: np.ndarray | None = None
+    damaged: bool = False
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False)
+    _key: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pts, keyframes = _frozen_int64(self.pts), _frozen_int64(self.keyframes)
+        if len(keyframes) == 0 or keyframes[0] != 0 or np.any(np.diff(keyframes) <= 0):
+            raise ScannerValueError(
+                f"keyframes must be sorted, unique and start at row 0, got {keyframes[:8].tolist()}"
+            )
+        if len(pts) and keyframes[-1] >= len(pts):
+            raise ScannerValueError(f"keyframe row {keyframes[-1]} outside {len(pts)} frames")
+        if self.rotation not in (0, 90, 180, 270):
+            raise ScannerValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation!r}")
+        positions = (np.full(len(keyframes), -1) if self.keyframe_pos is None
+                     else self.keyframe_pos)
+        object.__setattr__(self, "pts", pts)
+        object.__setattr__(self, "keyframes", keyframes)
+        object.__setattr__(self, "keyframe_pos", _frozen_int64(positions))
+        object.__setattr__(self, "time_base", Fraction(self.time_base))
+        object.__setattr__(
+            self, "_key", (self.path, int(self.size), int(self.mtime_ns), int(self.stream_index))
+        )
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VideoIndex):
+            return NotImplemented
+        return (
+            self._key == other._key
+            and self.metadata == other.metadata
+            and np.array_equal(self.pts, other.pts)
+            and np.array_equal(self.keyframes, other.keyframes)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._key, len(self)))
+
+    def __repr__(self) -> str:
+        turn = f", rotation {self.rotation}" if self.rotation else ""
+        flip = ", hflip" if self.hflip else ""
+        return (
+            f"VideoIndex({self.path!r}, {self.width}x{self.height}{turn}{flip}, {len(self)} "
+            f"frames, {self.fps:.4g} fps, {len(self.keyframes)} keyframes, {self.codec})"
+        )
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("VideoIndex", self._key, len(self), int(self.pts[-1]) if len(self) else 0)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the first frame as a player shows it (after `rotation`)."""
+        if self.rotation in (90, 270):
+            return self.height, self.width
+        return self.width, self.height
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What the index says about the video, as plain data.
+
+        Examples
+        --------
+        >>> index = VideoIndex("/v.mp4", 64, 48, 24.0, np.arange(3), [0], Fraction(1, 24),
+        ...                    "h264", rotation=90)
+        >>> index.metadata["rotation"], index.metadata["display_size"]
+        (90, (48, 64))
+        """
+        return {
+            "path": self.path, "codec": self.codec, "width": self.width, "height": self.height,
+            "display_size": self.display_size, "rotation": self.rotation, "hflip": self.hflip,
+            "fps": self.fps, "frames": len(self), "keyframes": len(self.keyframes),
+            "time_base": self.time_base, "stream_index": self.stream_index,
+            "by_order": self.by_order, "damaged": self.damaged,
+        }
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first frame's start to the last frame's end (last frame: 1/fps)."""
+        if not len(self):
+            return 0.0
+        if self.by_order:
+            return len(self) / self.fps if self.fps > 0 else 0.0
+        span = float((int(self.pts[-1]) - int(self.pts[0])) * self.time_base)
+        return span + (1.0 / self.fps if self.fps > 0 else 0.0)
+
+    def check_row(self, row: int) -> int:
+        """Return `row` as an ``int``, or raise :class:`RowIndexError` if it is outside."""
+        r = int(row)
+        if not 0 <= r < len(self):
+            raise RowIndexError(
+                f"row {r} is outside video {self.path!r}, which has {len(self)} frames "
+                f"(rows 0..{len(self) - 1})"
+            )
+        return r
+
+    def keyframe_at_or_before(self, row: int) -> int:
+        """The row of the keyframe that decoding `row` must start from.
+
+        Examples
+        --------
+        >>> index = VideoIndex("/v.mp4", 8, 8, 24.0, np.arange(30), [0, 10, 20],
+        ...                    Fraction(1, 24), "h264")
+        >>> [index.keyframe_at_or_before(r) for r in (0, 9, 10, 29)]
+        [0, 0, 10, 20]
+        """
+        r = self.check_row(row)
+        return int(self.keyframes[np.searchsorted(self.keyframes, r, side="right") - 1])
+
+    def is_keyframe(self, row: int) -> bool:
+        """Whether `row` is a keyframe's row."""
+        k = int(np.searchsorted(self.keyframes, row))
+        return k < len(self.keyframes) and int(self.keyframes[k]) == row
+
+
+def orient(frame: np.ndarray, rotation: int, hflip: bool) -> np.ndarray:
+    """A coded ``(H, W, C)`` frame as a player shows it (a view): turned, then mirrored.
+
+    Examples
+    --------
+    >>> a = np.arange(6).reshape(2, 3, 1)
+    >>> orient(a, 90, False)[..., 0].tolist()
+    [[2, 5], [1, 4], [0, 3]]
+    >>> orient(a, 0, True)[..., 0].tolist()
+    [[2, 1, 0], [5, 4, 3]]
+    """
+    if rotation:
+        frame = np.rot90(frame, rotation // 90)
+    return frame[:, ::-1] if hflip else frame
+
+
+def _orientation(matrix: np.ndarray) -> tuple[int, bool]:
+    """``(rotation, hflip)`` from an FFmpeg display matrix (9 int32, 16.16 fixed point).
+
+    Rotations are rounded to the nearest quarter turn.
+
+    Examples
+    --------
+    >>> _orientation(np.array([0, -65536, 0, 65536, 0, 0, 0, 0, 1 << 30]))
+    (90, False)
+    >>> _orientation(np.array([0, 65536, 0, 65536, 0, 0, 0, 0, 1 << 30]))
+    (270, True)
+    """
+    a, b, c, d = (float(matrix[i]) for i in (0, 1, 3, 4))
+    hflip = a * d - b * c < 0
+    if hflip:  # undo FFmpeg's av_display_matrix_flip(hflip): it negates the first column
+        a, c = -a, -c
+    degrees = math.degrees(math.atan2(c, a))  # av_display_rotation_set: [cos -sin; sin cos]
+    return round(degrees / 90) % 4 * 90, hflip
+
+
+def _stat(path: str, storage_options: dict | None = None) -> os.stat_result:
+    if is_url(path):
+        try:
+            return file_stat(path, storage_options)  # type: ignore[return-value]
+        except FileNotFoundError:
+            raise VideoNotFoundError(f"video file not found: {path!r}") from None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoNotFoundError(f"video file not found: {path!r}") from None
+    except OSError as e:
+        raise VideoError(f"cannot read video file {path!r}: {e.strerror or e}") from None
+    if not os.path.isfile(path):
+        raise VideoError(f"not a video file (not a regular file): {path!r}")
+    return st
+
+
+def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                track: int = 0, storage_options: dict | None = None) -> VideoIndex:
+    """Index a video file by demuxing it: frame timestamps and keyframes, no decoding.
+
+    The frame count and the rows come from the packets, not from container metadata, so they
+    are right for variable-frame-rate files and for files whose header lies. Costs one read of
+    the file (I/O bound, no decoding but the first frame's); with `cache_dir` the index is
+    stored there as a small file keyed by the absolute path and checked against size and
+    ``mtime_ns``, so opening an unchanged file again costs a ``stat`` and one small read.
+
+    A file cut short may end in frames the index counts but the decoder cannot give; reading
+    them raises a :class:`VideoError` naming the first row that cannot be decoded.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The video file: a path, or an fsspec URL (``s3://bucket/movie.mp4``).
+    cache_dir : str or os.PathLike, optional
+        Folder for cached indexes (created if needed). ``None``: no cache.
+    track : int
+        Which video track, counting the file's video tracks from 0.
+    storage_options : dict, optional
+        For a URL: fsspec's options (endpoint, credentials), kept in the index.
+
+    Returns
+    -------
+    VideoIndex
+
+    Raises
+    ------
+    VideoNotFoundError
+        If `path` does not exist.
+    VideoError
+        If it is not a video, has no such video track, cannot be read or has no frames.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from scanner_nb.samples import make_video
+    >>> path = make_video(os.path.join(tempfile.mkdtemp(), "a.mp4"), n_frames=30, gop=10)
+    >>> index = index_video(path)
+    >>> len(index), index.width, index.height, index.fps, index.keyframes.tolist()
+    (30, 160, 96, 24.0, [0, 10, 20])
+    """
+    abspath = location(path)
+    track = int(track)
+    options = dict(storage_options or {}) if is_url(abspath) else {}
+    st = _stat(abspath, options)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = index_cache_path(abspath, cache_dir, track)
+        cached = _load_cached_index(cache_file, abspath, st, track, options)
+        if cached is not None:
+            _log.debug("index of %r read from the cache %r", abspath, cache_file)
+            return cached
+    index = _demux_index(abspath, st, track, options)
+    if cache_file is not None:
+        _save_cached_index(cache_file, index, track)
+        _log.debug("indexed %r (%d frames), cached in %r", abspath, len(index), cache_file)
+    return index
+
+
+def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike,
+                     track: int = 0) -> str:
+    """Where :func:`index_video` caches the index of ``path`` (video ``track``) in ``cache_dir``."""
+    abspath = location(path)
+    key = abspath if not track else f"{abspath}#{int(track)}"
+    digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return os.path.join(os.fspath(cache_dir), digest + ".vidx.npz")
+
+
+_META_FIELDS = ("width", "height", "fps", "codec", "stream_index", "rotation", "hflip",
+                "by_order", "damaged")
+
+
+def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
+                       track: int, storage_options: dict | None = None) -> VideoIndex | None:
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in ("pts", "keyframes", "keyframe_pos")}
+    except Exception:  # absent, partial (BadZipFile), foreign: index the video again
+        return None
+    if (
+        meta.get("version") != _CACHE_VERSION
+        or meta.get("path") != abspath
+        or meta.get("track") != track
+        or meta.get("size") != st.st_size
+        or meta.get("mtime_ns") != st.st_mtime_ns
+    ):
+        return None
+    try:
+        fields = {k: meta[k] for k in _META_FIELDS}
+        return VideoIndex(path=abspath, time_base=Fraction(meta["time_base"]), size=st.st_size,
+                          mtime_ns=st.st_mtime_ns, storage_options=dict(storage_options or {}),
+                          **fields, **arrays)
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        return None
+
+
+def _save_cached_index(cache_file: str, index: VideoIndex, track: int) -> None:
+    meta = {k: getattr(index, k) for k in _META_FIELDS}
+    meta.update(version=_CACHE_VERSION, path=index.path, size=index.size, track=track,
+                mtime_ns=index.mtime_ns, time_base=str(index.time_base))
+    folder = os.path.dirname(cache_file)
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps(meta)), pts=index.pts,
+                                keyframes=index.keyframes, keyframe_pos=index.keyframe_pos)
+        os.replace(tmp, cache_file)  # atomic: readers see the old file or the new one
+        tmp = None
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _display_orientation(path: str, track: int,
+                         storage_options: dict | None = None) -> tuple[int, bool]:
+    """``(rotation, hflip)`` from the first decoded frame's display matrix (none: no turn)."""
+    try:
+        with open_container(path, storage_options) as container:
+            stream = video_track(container, path, track)
+            stream.thread_type = "NONE"
+            for frame in container.decode(stream):
+                for data in frame.side_data:
+                    if data.type.name == "DISPLAYMATRIX":
+                        return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
+                break
+    except (VideoError, *AV_ERRORS):
+        pass  # an undecodable first frame shows up when it is read
+    return 0, False
+
+
+def _demux_index(path: str, st: os.stat_result, track: int,
+                 storage_options: dict | None = None) -> VideoIndex:
+    container = open_container(path, storage_options)
+    damaged = False
+    with container:
+        stream = video_track(container, path, track)
+        for other in container.streams:
+            if other.index != stream.index:
+                other.discard = av.stream.Discard.all  # skip other tracks' data
+        pts: list[int] = []
+        keys: list[bool] = []
+        discard: list[bool] = []
+        corrupt: list[bool] = []
+        positions: list[int] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the flush packet at the end
+                t = packet.pts if packet.pts is not None else packet.dts
+                pts.append(-(2**62) if t is None else t)
+                keys.append(packet.is_keyframe)
+                discard.append(packet.is_discard)
+                corrupt.append(packet.is_corrupt)
+                positions.append(-1 if packet.pos is None else packet.pos)
+        except AV_ERRORS as e:
+            if not pts:
+                raise VideoError(f"cannot read video packets of {path!r}: {describe(e)}") from None
+            damaged = True  # a damaged tail: index what could be read, as players do
+        while corrupt and corrupt[-1]:  # a truncated file ends in a partial packet: not a frame
+            pts.pop(), keys.pop(), discard.pop(), corrupt.pop(), positions.pop()
+            damaged = True
+        damaged = damaged or any(corrupt)
+        codec = stream.codec_context.name
+        width, height = stream.codec_context.width, stream.codec_context.height
+        time_base = stream.time_base
+        nominal = stream.average_rate or stream.guessed_rate or stream.base_rate
+        stream_index = stream.index
+        fmt = container.format.name
+    if not width or not height:
+        raise VideoError(f"{path!r}: the video track has no frame size (unsupported codec?)")
+    if time_base is None:
+        raise VideoError(f"{path!r}: the video track has no time base")
+    rows = _rows_from_packets(
+        np.asarray(pts, dtype=np.int64),
+        np.asarray(keys, dtype=bool),
+        np.asarray(discard, dtype=bool),
+        np.asarray(positions, dtype=np.int64),
+        path,
+    )
+    by_order = rows["by_order"]
+    if damaged or fmt in _UNINDEXED_FORMATS:  # the tail may hold frames that cannot decode
+        rows = _decodable(path, track, rows, storage_options)
+    rotation, hflip = _display_orientation(path, track, storage_options)
+    fps = (float(nominal) if by_order and nominal
+           else _average_fps(rows["pts"], Fraction(time_base), nominal))
+    return VideoIndex(
+        path=path, width=int(width), height=int(height), fps=fps, time_base=Fraction(time_base),
+        codec=str(codec), size=st.st_size, mtime_ns=st.st_mtime_ns,
+        stream_index=int(stream_index), rotation=rotation, hflip=hflip, damaged=damaged,
+        storage_options=dict(storage_options or {}), **rows,
+    )
+
+
+#: Formats with no index of their frames: a cut-off file there looks whole to the demuxer.
+_UNINDEXED_FORMATS = {"mpegts", "h264", "hevc", "mpegvideo", "m4v", "mpeg"}
+
+
+def _decodable(path: str, track: int, rows: dict[str, Any],
+               storage_options: dict | None = None) -> dict[str, Any]:
+    """``rows`` cut before the first frame of the last GOP that the decoder does not give.
+
+    Decodes the last two GOPs single-threaded (seeking lands at or before the last keyframe),
+    so that ``len()`` counts the frames of a file cut off mid-GOP that decode. Where that
+    cannot be told (timestamps shared, or the seek went wrong) the rows stay as they are.
+    """
+    pts, keyframes = rows["pts"], rows["keyframes"]
+    if rows["by_order"]:
+        return rows
+    last_key = int(keyframes[-1])
+    start = int(keyframes[-2]) if len(keyframes) > 1 else 0
+    seen: list[int] = []
+    try:
+        with open_container(path, storage_options) as container:
+            stream = video_track(container, path, track)
+            stream.thread_type = "NONE"
+            if start:
+                container.seek(int(pts[start]), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if frame.pts is not None:
+                    seen.append(int(frame.pts))
+    except (VideoError, *AV_ERRORS):
+        pass  # what decoded before the error counts
+    got = np.isin(pts[last_key:], np.asarray(seen, dtype=np.int64))
+    if not got[0] or got.all():
+        return rows
+    n = last_key + int(np.argmin(got))
+    return dict(rows, pts=pts[:n])
+
+
+def _rows_from_packets(pts: np.ndarray, keys: np.ndarray, discard: np.ndarray,
+                       positions: np.ndarray, path: str = "<video>") -> dict[str, Any]:
+    """Rows (timestamps in display order) and keyframe rows from packets in decode order.
+
+    Packets before the first keyframe cannot be decoded, nor can frames shown before it
+    (leading frames of an open GOP); packets flagged *discard* (before an edit list's start)
+    are decoded but never shown, so they are no rows, and a GOP whose keyframe is discarded
+    starts at its first shown frame (seeking there lands on the keyframe before it). Where
+    timestamps are missing or shared, rows are the packets in decode order (``by_order``).
+
+    Examples
+    --------
+    >>> def rows(pts, keys, discard):
+    ...     r = _rows_from_packets(np.array(pts), np.array(keys, bool), np.array(discard, bool),
+    ...                            np.arange(len(pts)))
+    ...     return r["pts"].tolist(), r["keyframes"].tolist(), r["by_order"]
+    >>> rows([0, 3, 1, 2, 4], [1, 0, 0, 0, 1], [0] * 5)
+    ([0, 1, 2, 3, 4], [0, 4], False)
+    >>> rows(list(range(-2, 6)), [1, 0, 0, 0, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0])
+    ([0, 1, 2, 3, 4, 5], [0, 2], False)
+    >>> rows([0, 0, 2, 2, 4, 4], [1, 0, 0, 0, 1, 0], [0] * 6)
+    ([0, 0, 2, 2, 4, 4], [0, 4], True)
+    """
+    if not len(pts):
+        raise VideoError(f"{path!r} has a video track with no frames")
+    if not keys.any():
+        raise VideoError(f"{path!r}: the video track has no keyframe, so no frame can be decoded")
+    first = int(np.argmax(keys))
+    pts, keys, discard, positions = pts[first:], keys[first:], discard[first:], positions[first:]
+    shown_pts = np.sort(pts[~discard])
+    if np.any(pts == -(2**62)) or np.any(np.diff(shown_pts) == 0):
+        keyframes = np.flatnonzero(keys)
+        return {"pts": pts, "keyframes": keyframes, "by_order": True,
+                "keyframe_pos": positions[keyframes]}
+    keep = pts >= pts[0]
+    pts, keys, discard = pts[keep], keys[keep], discard[keep]
+    order = np.argsort(pts, kind="stable")
+    pts, keys, discard = pts[order], keys[order], discard[order]
+    # a keyframe marks the next shown frame (itself unless it is discarded)
+    gop = np.cumsum(keys)  # GOP number of each frame in display order, from 1
+    shown = ~discard
+    if not shown.any():
+        raise VideoError(f"{path!r} has a video track with no frames to show")
+    keyframes = np.flatnonzero(np.diff(np.concatenate([[0], gop[shown]])) != 0)
+    return {"pts": pts[shown], "keyframes": keyframes, "by_order": False, "keyframe_pos": None}
+
+
+def _average_fps(pts: np.ndarray, time_base: Fraction, nominal: Fraction | None) -> float:
+    """Frames per second from the timestamps; the container's rate where it agrees (it is exact)."""
+    if len(pts) >= 2 and pts[-1] > pts[0]:
+        measured = Fraction(len(pts) - 1) / (int(pts[-1] - pts[0]) * time_base)
+        if nominal and abs(float(nominal) / float(measured) - 1) < 2e-3:
+            return float(nominal)
+        return float(measured)
+    return float(nominal) if nominal else 0.0
