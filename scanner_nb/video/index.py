@@ -18,6 +18,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 from ..errors import RowIndexError, ScannerValueError, VideoError, VideoNotFoundError
 from ..fsio import file_stat, is_url, location
@@ -407,9 +408,9 @@ def _display_orientation(path: str, track: int,
             stream = video_track(container, path, track)
             stream.thread_type = "NONE"
             for frame in container.decode(stream):
-                for data in frame.side_data:
-                    if data.type.name == "DISPLAYMATRIX":
-                        return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
+                data = frame.side_data.get(SideDataType.DISPLAYMATRIX)  # PyAV 18 and 19 alike
+                if data is not None:
+                    return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
                 break
     except (VideoError, *AV_ERRORS):
         pass  # an undecodable first frame shows up when it is read
