@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python bench/bench_engine.py`` (``--quick`` for a smaller run). Prints a table
 of medians and ratios. Targets (issue 3): at most 1 us of overhead per element on the threaded
 scheduler with the default partition size; at least 1.7x a sequential loop on 2 cores for a
-CPU-heavy numpy op, on the threaded scheduler and on a LocalCluster.
+CPU-heavy numpy op, on the threaded scheduler and on a LocalCluster. Issue 10: building a
+graph is linear in streams (Stride over 1k, 4k, 16k streams: time per stream flat within 1.5x).
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ def speedup(n: int, repeat: int, address=None, partition_size=None) -> dict:
             "parallel": t_one[0] / t_engine if t_one else None}
 
 
+def build_time(n_streams: int) -> float:
+    """Seconds to build the graph of Stride over ``n_streams`` in-memory streams at the default
+    partition size (the row analysis and every task; nothing runs)."""
+    sc = sp.Client(show_progress=False)
+    streams = sc.io.Input([sp.MemoryStream([i, i + 1, i + 2, i + 3]) for i in range(n_streams)])
+    start = time.perf_counter()
+    sc.streams.Stride(streams, [2] * n_streams).__dask_graph__()
+    return time.perf_counter() - start
+
+
 def _speedups(r: dict) -> str:
     text = (f"{r['speedup']:.2f}x faster ({r['speedup_thread']:.2f}x the same loop in one "
             f"worker thread, {r['thread_s']:.3f}s")
@@ -137,6 +148,14 @@ def main() -> None:
         r = speedup(n_frames, max(1, repeat - 2), address=cluster)
         rows.append((f"{n_frames} frames 360p heavy op, LocalCluster 2x1", r["plain_s"],
                      r["engine_s"], _speedups(r)))
+    base = None
+    for n_streams in (1000, 4000) if args.quick else (1000, 4000, 16000):
+        t = build_time(n_streams)
+        base = base or t / n_streams
+        result = (f"{t / n_streams * 1e6:.0f} us/stream, {t / n_streams / base:.2f}x the 1k "
+                  f"per-stream time (target <= 1.5x)")
+        rows.append((f"build Stride over {n_streams:,} streams, default partitions", 0.0, t,
+                     result))
     width = max(len(r[0]) for r in rows)
     print(f"{'case':<{width}}  {'plain loop':>11}  {'scanner_nb':>11}  result")
     for name, plain, engine, result in rows:

@@ -10,10 +10,13 @@ from .client import Client
 from .devices import DeviceType
 from .errors import (
     DeviceUnavailableError,
+    InputFileNotFoundError,
     InvalidNameError,
     KernelError,
+    OpNotFoundError,
     RowIndexError,
     ScannerError,
+    ScannerException,
     ScannerTypeError,
     ScannerValueError,
     StorageError,
@@ -24,10 +27,10 @@ from .errors import (
 )
 from .kernel import Kernel, KernelConfig, register_python_op
 from .run import CacheMode, PerfParams
-from .sources import MemoryStream, NamedStream, NamedVideoStream
-from .stream import Stream
+from .sources import FilesStream, ImagesStream, MemoryStream, NamedStream, NamedVideoStream
+from .stream import Stream, preview
 from .streamops import SliceList
-from .types import FrameType
+from .types import FrameType, NullElement
 
 __version__ = "0.1.0"
 
@@ -35,7 +38,10 @@ __all__ = [
     "Client",
     "DeviceType",
     "DeviceUnavailableError",
+    "FilesStream",
     "FrameType",
+    "ImagesStream",
+    "InputFileNotFoundError",
     "InvalidNameError",
     "Kernel",
     "KernelConfig",
@@ -43,10 +49,13 @@ __all__ = [
     "MemoryStream",
     "NamedStream",
     "NamedVideoStream",
+    "NullElement",
+    "OpNotFoundError",
     "PerfParams",
     "CacheMode",
     "RowIndexError",
     "ScannerError",
+    "ScannerException",
     "ScannerTypeError",
     "ScannerValueError",
     "SliceList",
@@ -56,6 +65,7 @@ __all__ = [
     "StreamNotFoundError",
     "VideoError",
     "VideoNotFoundError",
+    "preview",
     "register_python_op",
     "types",
 ]

@@ -1,31 +1,32 @@
-"""``Client``: where graphs run (the local threaded scheduler or a dask.distributed cluster).
-
-It owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``,
+"""``Client``: the facade users hold. Where graphs run is its :class:`~scanner_nb.session.Session`;
+it owns ``sc.ops`` (calling an op builds a plan node), ``sc.streams``, ``sc.io``,
 ``sc.partitioner`` and ``sc.run``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
+import itertools
 import os
-import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import dask
-import dask.threaded
 from dask.base import tokenize
 
-from . import progress as progress_
-from . import runtime
 from .devices import DeviceType, choose_device, gpu_available, gpu_unavailable_reason
 from .errors import ScannerTypeError, ScannerValueError
 from .kernel import OpSpec, lookup_op, op_names
 from .plan import OpNode, Ref, SourceNode
+from .session import Session
+from .sources.base import Source
 from .stream import Stream
 from .streamops import Partitioner, StreamOps, per_stream
 
 __all__ = ["Client"]
+
+#: Op properties a call may give (Scanner's spelling), overriding the decorator's for that call.
+CALL_PROPERTIES = ("batch", "stencil", "bounded_state", "unbounded_state", "device")
+_KEPT_PROFILES = 32  # profiles of the latest runs a client keeps
 
 
 class Client:
@@ -66,9 +67,8 @@ class Client:
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
-        self.token = uuid.uuid4().hex
+        self.session = Session(address, show_progress)
         self.partition_size = partition_size
-        self.show_progress = show_progress
         if storage_options is not None and not isinstance(storage_options, dict):
             raise ScannerTypeError(
                 f"storage_options must be a dict, got {type(storage_options).__name__}")
@@ -77,12 +77,12 @@ class Client:
         self._trust_pickle = bool(trust_pickle)
         self._db = None
         self._gpu_usable: bool | None = None
-        self.distributed, self._owns_distributed = _connect(address)
         self.ops = _Ops(self)
         self.streams = StreamOps(self)
         self.io = _IO(self)
         self.partitioner = Partitioner()
-        self.closed = False
+        self._job_ids = itertools.count()
+        self._profiles: dict = {}
 
     # ------------------------------------------------------------ storage
     @property
@@ -114,12 +114,16 @@ class Client:
                                 ".video-index")
         return os.path.join(os.path.expanduser("~"), ".cache", "scanner_nb", "video-index")
 
-    def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True) -> list:
+    def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True,
+            profiling: bool = False, task_timeout: int = 0, checkpoint_frequency: int = 10,
+            detach: bool = False, profiler_level: int = 1) -> list:
         """Compute and store outputs (``sc.io.Output``); returns the stored streams in order.
 
         Parameters
         ----------
         outputs : Output or list of Output
+            Stored streams (``sp.NamedStream``, ``sp.NamedVideoStream``) or files
+            (``sp.FilesStream``).
         perf_params : PerfParams, optional
             Default ``PerfParams.estimate()``.
         cache_mode : CacheMode
@@ -127,17 +131,107 @@ class Client:
             outputs that exist; ``Overwrite`` replaces them once the new content is complete.
         show_progress : bool
             A progress bar (a widget in Jupyter, text in a terminal).
-        """
-        from .run import CacheMode, run_outputs
+        profiling : bool
+            Scanner's switch; every run is profiled here (one timing per task, from Dask), so
+            ``sc.get_profile(job)`` works either way.
+        task_timeout, checkpoint_frequency, detach, profiler_level
+            Scanner's options, accepted; Dask schedules, retries and profiles the tasks.
 
-        return run_outputs(self, outputs, perf_params, cache_mode or CacheMode.Error,
-                           show_progress)
+        Returns
+        -------
+        Job
+            A list of the stored streams (or FilesStreams), in order, also carrying the job's
+            id for :meth:`get_profile` (Scanner's ``sc.run`` returned a job id).
+        """
+        from .profile import Job, Profile, Recorder
+        from .run import CacheMode, Output, PerfParams, run_outputs
+        from .sources.files import FilesOutput, write_files
+
+        listed = [outputs] if isinstance(outputs, (Output, FilesOutput)) else list(outputs)
+        files = [o for o in listed if isinstance(o, FilesOutput)]
+        named = [o for o in listed if not isinstance(o, FilesOutput)]
+        cache_mode = cache_mode or CacheMode.Error
+        if not isinstance(cache_mode, CacheMode):
+            raise ScannerTypeError(f"cache_mode must be an sp.CacheMode, got {cache_mode!r}")
+        job_id = next(self._job_ids)
+        with Recorder(self.distributed) as recorder:
+            stored = run_outputs(self, named, perf_params, cache_mode, show_progress) if (
+                named or not files) else []
+            if files:
+                write_files(self, files, perf_params or PerfParams.estimate(), cache_mode,
+                            show_progress, note=recorder.note)
+        self._profiles[job_id] = Profile(job_id, recorder.events)
+        while len(self._profiles) > _KEPT_PROFILES:
+            self._profiles.pop(next(iter(self._profiles)))
+        stored_iter, result = iter(stored), []
+        for o in listed:
+            result.extend(o.targets if isinstance(o, FilesOutput) else
+                          [next(stored_iter) for _ in o.targets])
+        return Job(result, job_id)
+
+    def get_profile(self, job):
+        """The profile of a run: ``job`` is what ``sc.run`` returned (or its ``job_id``).
+
+        Returns a :class:`~scanner_nb.profile.Profile`: ``write_trace(path)`` writes a Chrome
+        trace, ``summary()`` a table per op.
+        """
+        job_id = getattr(job, "job_id", job)
+        try:
+            return self._profiles[job_id]
+        except (KeyError, TypeError):
+            raise ScannerValueError(
+                f"no profile of job {job!r}: give what sc.run returned (the last "
+                f"{_KEPT_PROFILES} runs of this client are kept)") from None
+
+    def summarize(self) -> str:
+        """A text table of the stored streams in the database: name, type, rows, stored size."""
+        rows = []
+        for name in self.db.names():
+            m = self.db.manifest(name)
+            rows.append((name, str(m.get("type")), str(m.get("length")),
+                         f"{(m.get('nbytes') or 0) / 1e6:.1f} MB"))
+        if not rows:
+            return f"summarize: no stored streams in {self.db.url}"
+        header = ("name", "type", "rows", "stored")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        fmt = " | ".join(f"{{:{w}}}" for w in widths)
+        line = "-+-".join("-" * w for w in widths)
+        return "\n".join([f"stored streams in {self.db.url}", fmt.format(*header), line]
+                         + [fmt.format(*r) for r in rows])
 
     # ------------------------------------------------------------ scheduling
     @property
+    def token(self) -> str:
+        """The session's token (``fetch_resources`` runs once per machine per session)."""
+        return self.session.token
+
+    @property
+    def distributed(self):
+        """The ``distributed.Client`` graphs run on, or ``None`` for local threads."""
+        return self.session.distributed
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether computes show a progress bar unless told otherwise."""
+        return self.session.show_progress
+
+    @show_progress.setter
+    def show_progress(self, value: bool) -> None:
+        self.session.show_progress = bool(value)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self.session.closed
+
+    @property
     def scheduler(self) -> Callable:
         """The ``get`` function graphs of this client run with."""
-        return self.distributed.get if self.distributed is not None else dask.threaded.get
+        return self.session.get
+
+    def has_gpu(self) -> bool:
+        """Scanner's name for :meth:`gpu_usable`."""
+        return self.gpu_usable()
 
     def gpu_usable(self) -> bool:
         """Whether a GPU is usable where graphs run (here, or on every worker of the cluster)."""
@@ -150,21 +244,20 @@ class Client:
 
     def instance_key(self, node: OpNode) -> str:
         """The key kernel instances of ``node`` are shared under: op version and init args."""
-        key = getattr(node, "_instance_key", None)
-        if key is None:
-            key = f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
-            node._instance_key = key
-        return key
+        return f"{node.spec.name}-{node.spec.token}-{tokenize(node.init_args)}-{node.device.value}"
 
     def compute_collections(self, collections: Sequence, progress: bool | None = None,
                             **kwargs) -> list:
-        """Compute dask collections on this client's scheduler, with a progress bar if asked."""
-        show = self.show_progress if progress is None else progress
-        return progress_.compute(collections, dclient=self.distributed,
-                                 scheduler=dask.threaded.get, show=show, **kwargs)
+        """Compute dask collections where this client runs graphs (see ``Session.compute``)."""
+        return self.session.compute(collections, progress=progress, **kwargs)
 
     # ------------------------------------------------------------ ops
     def _call_op(self, spec: OpSpec, args: tuple, kwargs: dict):
+        listed = {p.name for p in spec.stream_params} | set(spec.init_params) | set(
+            spec.config_params)
+        overrides = {k: kwargs.pop(k) for k in CALL_PROPERTIES if k in kwargs and k not in listed}
+        if overrides:  # Scanner's op properties given at the call
+            spec = spec.with_properties(overrides)
         op = spec.name
         streams: list[tuple[str, Any]] = []
         if spec.variadic:
@@ -207,7 +300,7 @@ class Client:
         for key, value in kwargs.items():
             if key in spec.config_params:
                 config_args[key] = per_stream(value, first, f"op {op!r} stream-config param {key!r}")
-            elif key in spec.init_params or spec.init_accepts_any:
+            elif key in spec.init_params or spec.init_accepts_any or spec.function is not None:
                 init_args[key] = value
             else:
                 known = [p.name for p in spec.stream_params] + list(spec.init_params) + list(
@@ -232,16 +325,9 @@ class Client:
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Close kernel instances (here and on the workers) and any cluster client made here."""
-        if self.closed:
-            return
-        self.closed = True
-        runtime.close_instances()
-        if self.distributed is not None:
-            with contextlib.suppress(Exception):
-                self.distributed.run(runtime.close_instances)
-            if self._owns_distributed:
-                self.distributed.close()
+        """Close kernel instances (here and on the workers), remove this client's resource
+        locks, and close any cluster client made here."""
+        self.session.close()
 
     def __enter__(self) -> Client:
         return self
@@ -250,16 +336,15 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        where = "local threads" if self.distributed is None else repr(self.distributed)
-        return f"<scanner_nb.Client on {where}, partition_size={self.partition_size}>"
+        return f"<scanner_nb.Client on {self.session!r}, partition_size={self.partition_size}>"
 
 
 
 def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: int) -> None:
     """Run the kernel's ``check_args`` per stream; its errors become the op call's errors."""
-    check = getattr(spec.kernel_cls, "check_args", None)
-    if check is None or spec.function is not None:
+    if spec.function is not None:
         return
+    check = spec.kernel_cls.check_args
     for s in range(n_streams):
         try:
             check(**init_args, **{k: v[s] for k, v in config_args.items()})
@@ -267,21 +352,6 @@ def _check_values(spec: OpSpec, init_args: dict, config_args: dict, n_streams: i
             kind = ScannerValueError if isinstance(exc, ValueError) else ScannerTypeError
             where = f" (stream {s})" if config_args and n_streams > 1 else ""
             raise kind(f"op {spec.name!r}{where}: {exc}") from exc
-
-
-def _connect(address: Any):
-    """``(distributed.Client or None, whether we made it)`` for a Client's ``address``."""
-    if address is None:
-        return None, False
-    import distributed
-
-    if isinstance(address, distributed.Client):
-        return address, False
-    if isinstance(address, str) or hasattr(address, "scheduler_address"):
-        return distributed.Client(address, set_as_default=False), True
-    raise ScannerTypeError(
-        f"address must be None, a scheduler address, a distributed.Client or a cluster, "
-        f"got {type(address).__name__}")
 
 
 class _OpCall:
@@ -326,7 +396,7 @@ class _IO:
         """A Stream reading ``sources`` (MemoryStream, NamedVideoStream, NamedStream), one each."""
         if not isinstance(sources, (list, tuple)) or not sources:
             raise ScannerTypeError("sc.io.Input takes a non-empty list of streams")
-        bad = [s for s in sources if not (hasattr(s, "partition") and hasattr(s, "type_name"))]
+        bad = [s for s in sources if not isinstance(s, Source)]
         if bad:
             raise ScannerTypeError(
                 f"sc.io.Input takes MemoryStream, NamedVideoStream or NamedStream objects, got "
@@ -335,11 +405,18 @@ class _IO:
         if len(types) > 1:
             raise ScannerTypeError(f"sc.io.Input streams must share one element type, got {sorted(types)}")
         for s in sources:
-            getattr(s, "check_input", lambda: None)()
+            s.check()
         return Stream(self._client, Ref(SourceNode(list(sources))))
 
     def Output(self, stream: Stream, targets: Sequence):
-        """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream)."""
+        """Name where each stream of ``stream`` is stored by ``sc.run`` (one per stream):
+        ``sp.NamedStream``/``sp.NamedVideoStream``, or ``sp.FilesStream`` (a file per element)."""
         from .run import Output
+        from .sources.files import FilesOutput, FilesStream
 
+        if isinstance(targets, (list, tuple)) and targets and all(
+                isinstance(t, FilesStream) for t in targets):
+            if not isinstance(stream, Stream):
+                raise ScannerTypeError(f"sc.io.Output takes a Stream, got {type(stream).__name__}")
+            return FilesOutput(stream, targets)
         return Output(stream, targets)

@@ -7,14 +7,18 @@ that too, so ``except ValueError`` keeps working::
     ├── ScannerValueError (ValueError)         wrong value or list length
     │   └── InvalidNameError                   stored stream name with "/", "..", ...
     ├── ScannerTypeError (TypeError)           wrong kind of argument, unknown keyword
+    ├── OpNotFoundError (AttributeError)       ``sc.ops.X`` where no op X is registered
     ├── RowIndexError (IndexError)             a row outside a stream
     ├── KernelError                            a kernel raised: .op, .stream, .row
     ├── VideoError                             unreadable, corrupt or track-less video
     │   └── VideoNotFoundError (FileNotFoundError)
+    ├── InputFileNotFoundError (FileNotFoundError)  a FilesStream / ImagesStream file is missing
     ├── DeviceUnavailableError                 a GPU-only op where no GPU is usable
     ├── StreamExistsError                      cache mode Error and the output exists
     ├── StreamNotFoundError (KeyError)         loading a stored stream that does not exist
     └── StorageError                           db_path not writable, unknown stored type
+
+``ScannerException`` is Scanner's name for :class:`ScannerError` (the same class).
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ __all__ = [
     "ScannerValueError",
     "InvalidNameError",
     "ScannerTypeError",
+    "OpNotFoundError",
+    "ScannerException",
     "RowIndexError",
     "KernelError",
     "VideoError",
     "VideoNotFoundError",
+    "InputFileNotFoundError",
     "DeviceUnavailableError",
     "StreamExistsError",
     "StreamNotFoundError",
@@ -51,6 +58,14 @@ class ScannerTypeError(ScannerError, TypeError):
     """A wrong kind of argument, a missing annotation or an unknown keyword."""
 
 
+class OpNotFoundError(ScannerError, AttributeError):
+    """``sc.ops.X`` where no op ``X`` is registered (``hasattr`` still works; the message names
+    the module to import when a built-in op has that name)."""
+
+
+ScannerException = ScannerError  # Scanner's spelling
+
+
 class RowIndexError(ScannerError, IndexError):
     """A row index outside a stream."""
 
@@ -61,6 +76,10 @@ class VideoError(ScannerError):
 
 class VideoNotFoundError(VideoError, FileNotFoundError):
     """A video file that does not exist."""
+
+
+class InputFileNotFoundError(ScannerError, FileNotFoundError):
+    """A file of a ``FilesStream`` or ``ImagesStream`` input that does not exist."""
 
 
 class DeviceUnavailableError(ScannerError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .devices import DeviceType, normalize_device_sets
-from .errors import ScannerTypeError, ScannerValueError
+from .errors import OpNotFoundError, ScannerTypeError, ScannerValueError
 from .types import StreamType, sequence_depth, type_of
 
 __all__ = ["Kernel", "KernelConfig", "OpSpec", "register_python_op", "lookup_op", "op_names"]
@@ -98,14 +98,21 @@ class Kernel:
 
 
 class FunctionKernel(Kernel):
-    """The kernel of an op written as a plain function: ``execute`` calls the function."""
+    """The kernel of an op written as a plain function: ``execute`` calls the function.
+
+    ``config.args`` holds every keyword the op was called with (as in Scanner, where function
+    ops read ``config.args['width']``); the function receives those its signature lists.
+    """
 
     _scanner_nb_internal = True
 
     def __init__(self, config: KernelConfig, function: Callable, stream_names: tuple[str, ...],
                  streams_first: bool):
         super().__init__(config)
-        bound = functools.partial(function, config, **config.args)
+        params = inspect.signature(function).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        listed = {k: v for k, v in config.args.items() if takes_any or k in params}
+        bound = functools.partial(function, config, **listed)
         if streams_first:
             self.execute = bound  # type: ignore[method-assign]
         else:
@@ -141,6 +148,22 @@ class OpSpec:
     device_sets: tuple = ((DeviceType.CPU, 1),)
     output_layout: str = "single"  # single | tuple | seq | seq-of-tuple | tuple-of-seq
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    target: Any = None  # the registered class or function
+    options: dict = field(default_factory=dict)  # the decorator's properties
+    _variants: dict = field(default_factory=dict, repr=False)
+
+    def with_properties(self, overrides: dict) -> OpSpec:
+        """This op with properties given at the op call (Scanner's ``sc.ops.X(...,
+        batch=10, stencil=[0, 1], bounded_state=60, device=DeviceType.GPU)``) overriding the
+        decorator's for that call; the signature is checked against them again."""
+        overrides = dict(overrides)
+        if "device" in overrides:
+            overrides["device_type"], overrides["device_sets"] = overrides.pop("device"), None
+        options = {**self.options, **overrides}
+        key = repr(sorted(options.items(), key=lambda kv: kv[0]))
+        if key not in self._variants:
+            self._variants[key] = _build_spec(self.target, self.name, options)
+        return self._variants[key]
 
     @property
     def variadic(self) -> bool:
@@ -178,13 +201,21 @@ def lookup_op(name: str) -> OpSpec:
     try:
         entry = _REGISTRY[name]
     except KeyError:
-        raise AttributeError(
-            f"no op named {name!r} is registered; registered ops: {', '.join(op_names()) or 'none'}"
+        hint = f"; `import {BUILTIN_OPS[name]}` registers it" if name in BUILTIN_OPS else ""
+        raise OpNotFoundError(
+            f"no op named {name!r} is registered{hint}; registered ops: "
+            f"{', '.join(op_names()) or 'none'}"
         ) from None
     if isinstance(entry, _PendingClass):
         entry = _build_spec(entry.cls, name, {})
         _REGISTRY[name] = entry
     return entry
+
+
+#: Built-in ops and the module whose import registers them (named by an unknown op's error).
+BUILTIN_OPS = {name: "scanner_nb.imgproc" for name in (
+    "Resize", "ConvertColor", "Blur", "Histogram", "FrameDifference", "OpticalFlow", "Montage",
+    "ImageDecoder", "ImageEncoder")}
 
 
 def op_names() -> list[str]:
@@ -369,7 +400,8 @@ def _build_spec(target: Callable | type, op: str, options: dict) -> OpSpec:
     return OpSpec(name=op, kernel_cls=target if isinstance(target, type) else FunctionKernel,
                   function=function, init_params=init_params, init_accepts_any=init_any,
                   config_params=config_params, stream_params=stream_params, outputs=outputs,
-                  batched=batched, output_layout=layout, **props)
+                  batched=batched, output_layout=layout, target=target,
+                  options={k: v for k, v in options.items() if k != "name"}, **props)
 
 
 def _outputs(op: str, annotation: Any, batched: bool) -> tuple[list[StreamType], str]:

@@ -3,123 +3,104 @@
 A plan is a DAG of nodes, one per call: a :class:`SourceNode` per ``sc.io.Input``, an
 :class:`OpNode` per op call and a :class:`SampleNode` per stream operation. Every node maps an
 output row to the input rows it needs; :func:`analyze` walks the plan backwards from the rows
-asked for and then splits each node's rows into partitions, forwards from the sources:
+asked for and then splits each node's rows into partitions, forwards from the sources.
+
+This module is the ONE place that decides which input rows feed which output row: stencil
+windows clamped to each stream's (or slice's) ends, bounded-state warm-up and its resets, the
+rows an unbounded-state chain runs, null propagation and slice edges. An op partition's
+:class:`Window` says all of it; the runtime only follows it.
 
 >>> import numpy as np
->>> from scanner_nb.types import lookup_type
+>>> from scanner_nb.sources.memory import ListSource
 >>> src = SourceNode([ListSource(list(range(10)))])
 >>> stride = SampleNode(Ref(src), "Stride", "[3]", [(0, np.arange(0, 10, 3))])
->>> plan = analyze(Ref(stride), {0: np.arange(4)}, partition_size=2)
+>>> plan = analyze([(Ref(stride), {0: np.arange(4)})], partition_size=2)
 >>> plan[src].streams[0].rows.tolist()
 [0, 3, 6, 9]
 """
 
 from __future__ import annotations
 
-import os
-import uuid
+import marshal
+import types as pytypes
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any
 
 import numpy as np
+import xxhash
+from dask.base import tokenize
 
-from .types import Batch, StreamType, lookup_type
+from .sources.base import DEFAULT_ROWS, FRAME_PARTITION_BYTES, Source
+from .types import StreamType, lookup_type
 
-__all__ = ["Source", "ListSource", "Ref", "Node", "SourceNode", "OpNode", "SampleNode",
-           "StreamPlan", "NodePlan", "analyze", "memory_partitions"]
-
-
-class Source(Protocol):
-    """One input stream: what a :class:`SourceNode` reads from (memory, video, storage)."""
-
-    type_name: str
-    label: str
-    token: str
-
-    def __len__(self) -> int: ...
-
-    def partition(self, rows: np.ndarray, partition_size: int | None) -> list[np.ndarray]:
-        """Split sorted needed rows into partitions (a video aligns them to keyframes)."""
-
-    def read(self, rows: np.ndarray) -> list | np.ndarray:
-        """The elements at sorted ``rows``; runs where the task runs."""
-
-
-#: Rows per partition when neither the client nor a source says otherwise: frames are sized
-#: to about 64 MiB a partition, other elements to 4,096 rows (see README, "Partitions").
-DEFAULT_ROWS = 4096
-MIN_ROWS = 64
-FRAME_PARTITION_BYTES = 64 << 20
+__all__ = [
+    "FRAME_PARTITION_BYTES",
+    "Node",
+    "NodePlan",
+    "OpNode",
+    "Ref",
+    "SampleNode",
+    "Source",
+    "SourceNode",
+    "StreamPlan",
+    "Window",
+    "analyze",
+    "code_token",
+    "topological",
+]
 
 
-def default_rows(n: int) -> int:
-    """Rows per partition when nobody chose: enough partitions to keep every core busy
-    (four per core), at least 64 rows each and at most :data:`DEFAULT_ROWS`.
+def code_token(target: Any) -> str:
+    """A hash of an op's code: its name and the bytecode, constants and names of its function
+    or of every method of its class (not file names or line numbers, so re-running an
+    unchanged notebook cell gives the same token, while a changed body gives another).
 
-    >>> default_rows(200_000), default_rows(100)
-    (4096, 64)
+    >>> def f(x): return x + 1
+    >>> def g(x): return x + 2
+    >>> code_token(f) == code_token(f), code_token(f) == code_token(g)
+    (True, False)
     """
-    per_core = -(-n // (4 * (os.cpu_count() or 1)))
-    return int(min(DEFAULT_ROWS, max(MIN_ROWS, per_core)))
+    digest = xxhash.xxh3_128()
+    digest.update(f"{getattr(target, '__module__', '')}.{target.__qualname__}".encode())
+    if isinstance(target, type):
+        functions = [(name, value) for cls in reversed(target.__mro__)
+                     if cls.__module__ not in ("builtins", "scanner_nb.kernel")
+                     for name, value in sorted(vars(cls).items())]
+    else:
+        functions = [("", target)]
+    for name, value in functions:
+        value = getattr(value, "__func__", value)  # staticmethod, classmethod
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            digest.update(name.encode())
+            _hash_code(digest, code)
+            digest.update(repr(getattr(value, "__defaults__", None)).encode())
+    return digest.hexdigest()
 
 
-def memory_partitions(rows: np.ndarray, partition_size: int) -> list[np.ndarray]:
-    """Consecutive groups of ``partition_size`` needed rows.
-
-    >>> [p.tolist() for p in memory_partitions(np.arange(5), 2)]
-    [[0, 1], [2, 3], [4]]
-    """
-    return [rows[i:i + partition_size] for i in range(0, len(rows), partition_size)]
-
-
-class Payload:
-    """Elements carried inside a task; an opaque box, so Dask does not walk through them."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __reduce__(self):
-        return (Payload, (self.value,))
+def _hash_code(digest, code: pytypes.CodeType) -> None:
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames)).encode())
+    for const in code.co_consts:
+        if isinstance(const, pytypes.CodeType):
+            _hash_code(digest, const)
+        else:
+            try:
+                digest.update(marshal.dumps(const))
+            except ValueError:
+                digest.update(repr(const).encode())
 
 
-def _batch_of(stream: int, rows: np.ndarray, payload: Payload, type_name: str) -> Batch:
-    return Batch(stream, rows, payload.value, None, type_name)
-
-
-class ListSource:
-    """In-memory elements (``sp.MemoryStream`` and the doctests use it)."""
-
-    def __init__(self, elements: Sequence, type_name: str = "Any", label: str = "MemoryStream"):
-        self.elements = elements
-        self.type_name = type_name
-        self.label = label
-        self.token = uuid.uuid4().hex
-
-    def __len__(self) -> int:
-        return len(self.elements)
-
-    def partition(self, rows, partition_size):
-        if partition_size is None:
-            partition_size = default_rows(len(rows))
-            if self.type_name == "FrameType" and len(self.elements):
-                frame_bytes = max(1, int(getattr(self.elements[0], "nbytes", 1)))
-                partition_size = max(1, min(partition_size, FRAME_PARTITION_BYTES // frame_bytes))
-        return memory_partitions(rows, partition_size)
-
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
-        """The read task with the partition's elements inside it, so a cluster ships only those."""
-        return (_batch_of, stream, rows, Payload(self.read(rows)), self.type_name)
-
-    def read(self, rows):
-        elements = self.elements
-        consecutive = len(rows) and rows[-1] - rows[0] + 1 == len(rows)
-        if isinstance(elements, np.ndarray):  # consecutive rows: a view, no copy
-            return elements[int(rows[0]):int(rows[-1]) + 1] if consecutive else elements[rows]
-        if consecutive:
-            return list(elements[int(rows[0]):int(rows[-1]) + 1])
-        return [elements[r] for r in rows.tolist()]
+def _digest(*parts: Any) -> str:
+    digest = xxhash.xxh3_128()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        else:
+            digest.update(str(part).encode())
+        digest.update(b"|")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -135,18 +116,33 @@ class Ref:
 
 
 class Node:
-    """A node of the logical plan."""
+    """A node of the logical plan.
+
+    ``token`` identifies what the node computes (its kind, arguments, code and inputs), so the
+    same pipeline over the same inputs gets the same graph keys in any cell or process.
+    """
 
     kind = "node"
 
     def __init__(self, inputs: Sequence[Ref], lengths: Sequence[int], types: Sequence[StreamType],
-                 label: str, slices: tuple | None = None):
+                 label: str, slices: tuple | None = None, n_parents: int | None = None):
         self.inputs = tuple(inputs)
         self.lengths = tuple(int(n) for n in lengths)
         self.types = tuple(types)
         self.label = label
         self.slices = slices  # per stream (parent stream, slice index) after a Slice
-        self.token = uuid.uuid4().hex
+        self.n_parents = n_parents  # streams before the Slice (some may have no slice)
+        self._token: str | None = None
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            self._token = _digest(self.kind, self.label, self._identity(), self.lengths,
+                                  self.slices, *(f"{r.node.token}:{r.output}" for r in self.inputs))
+        return self._token
+
+    def _identity(self) -> str:
+        return ""
 
     @property
     def n_streams(self) -> int:
@@ -163,9 +159,12 @@ class SourceNode(Node):
 
     def __init__(self, sources: Sequence[Source]):
         types = {s.type_name for s in sources}
-        super().__init__([], [len(s) for s in sources], [lookup_type(sorted(types)[0])],
+        super().__init__([], [len(s) for s in sources], [lookup_type(min(types))],
                          "Input")
         self.sources = tuple(sources)
+
+    def _identity(self) -> str:
+        return _digest(*(s.token for s in self.sources))
 
 
 class OpNode(Node):
@@ -175,28 +174,47 @@ class OpNode(Node):
 
     def __init__(self, spec, inputs: Sequence[Ref], init_args: dict, config_args: dict,
                  device, slices=None):
-        super().__init__(inputs, inputs[0].node.lengths, spec.outputs, spec.name,
-                         slices if slices is not None else inputs[0].node.slices)
+        parent = inputs[0].node
+        super().__init__(inputs, parent.lengths, spec.outputs, spec.name,
+                         slices if slices is not None else parent.slices, parent.n_parents)
         self.spec = spec
         self.init_args = dict(init_args)
         self.config_args = dict(config_args)  # name -> list with one value per stream
         self.device = device
-        self.config_token = uuid.uuid4().hex  # instances re-run new_stream for other args
+
+    def _identity(self) -> str:
+        spec = self.spec
+        code = code_token(spec.function if spec.function is not None else spec.kernel_cls)
+        return _digest(code, spec.properties, spec.output_layout, self.device.value,
+                       tokenize(self.init_args), self.config_token)
+
+    @property
+    def config_token(self) -> str:
+        """Identity of the per-stream config args: instances given others re-run new_stream."""
+        if "_config_token" not in self.__dict__:
+            self._config_token = tokenize(self.config_args)
+        return self._config_token
 
     def window(self, rows: np.ndarray, length: int) -> np.ndarray:
-        """Input rows the outputs at sorted ``rows`` need (stencil, warm-up), sorted unique."""
+        """Input rows the outputs at sorted ``rows`` need, sorted unique: the rows themselves
+        (null checks), stencil windows clamped to the stream's ends, and warm-up rows."""
         spec = self.spec
         if not len(rows):
             return rows
-        if spec.unbounded_state:
-            return np.arange(int(rows[-1]) + 1, dtype=np.int64)
-        if spec.bounded_state:
-            warm = (rows[:, None] - np.arange(spec.bounded_state + 1)[None, :]).ravel()
-            rows = np.unique(warm[warm >= 0])
-        if spec.stencil is not None:
-            offsets = np.asarray(spec.stencil, dtype=np.int64)
-            rows = np.unique(np.clip(rows[:, None] + offsets[None, :], 0, length - 1))
-        return rows
+        feed = self.feed(rows)
+        if spec.stencil is None:
+            return feed
+        offsets = np.asarray(spec.stencil, dtype=np.int64)
+        window = np.clip(feed[:, None] + offsets[None, :], 0, length - 1)
+        return np.union1d(window.ravel(), feed)
+
+    def feed(self, rows: np.ndarray) -> np.ndarray:
+        """The rows an instance is fed for output ``rows``: each after its warm-up rows."""
+        k = self.spec.bounded_state
+        if k is None or k == 0 or not len(rows):
+            return rows
+        warm = (rows[:, None] - np.arange(k + 1)[None, :]).ravel()
+        return np.unique(warm[warm >= 0])
 
 
 class SampleNode(Node):
@@ -209,14 +227,24 @@ class SampleNode(Node):
     kind = "sample"
 
     def __init__(self, source: Ref, label: str, args: str, mapping: Sequence[tuple],
-                 slices=None, keep_slices: bool = True):
+                 slices=None, keep_slices: bool = True, n_parents: int | None = None):
         lengths = [len(rows) for _, rows in mapping]
-        inherited = source.node.slices if keep_slices else None
+        parent = source.node
+        inherited = (parent.slices, parent.n_parents) if keep_slices else (None, None)
         super().__init__([source], lengths, [source.type], label,
-                         slices if slices is not None else inherited)
+                         slices if slices is not None else inherited[0],
+                         n_parents if slices is not None else inherited[1])
         self.args = args
         self.mapping = [(s if np.ndim(s) == 0 else np.asarray(s, dtype=np.int64),
                          np.asarray(rows, dtype=np.int64)) for s, rows in mapping]
+
+    def _identity(self) -> str:
+        digest = xxhash.xxh3_128()
+        for s, rows in self.mapping:
+            digest.update(np.asarray(s, dtype=np.int64).tobytes())
+            digest.update(rows.tobytes())
+            digest.update(b"|")
+        return digest.hexdigest()
 
 
 @dataclass
@@ -231,6 +259,55 @@ class Piece:
     positions: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class Window:
+    """What one op task feeds its kernel, decided by the plan alone.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray
+        The input rows the task's pieces join into (every input of the op the same), sorted.
+        The runtime checks its joined inputs hold exactly these and fails loudly otherwise.
+    feed : numpy.ndarray
+        Positions (into ``rows``) of the rows the kernel runs at, in order: warm-up included.
+    taps : numpy.ndarray or None
+        Stencil ops: ``(len(feed), len(stencil))`` positions of each fed row's window, clamped
+        to the stream's (or slice's) ends.
+    keep : numpy.ndarray or None
+        Mask over ``feed`` of the rows that are outputs (``None``: all).
+    restart : numpy.ndarray or None
+        Mask over ``feed``: call ``reset()`` before this row (bounded state).
+    plain : bool
+        One input, no stencil, batch or state, the output rows are the input rows.
+    """
+
+    rows: np.ndarray
+    feed: np.ndarray
+    taps: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    restart: np.ndarray | None = None
+    plain: bool = False
+
+
+def op_window(node: OpNode, out_rows: np.ndarray, length: int) -> Window:
+    """The :class:`Window` of an op partition computing ``out_rows`` of a stream of ``length``."""
+    spec = node.spec
+    rows = node.window(out_rows, length)
+    fed = node.feed(out_rows)
+    feed = np.arange(len(rows)) if fed is rows else np.searchsorted(rows, fed)
+    taps = keep = restart = None
+    if spec.stencil is not None:
+        offsets = np.asarray(spec.stencil, dtype=np.int64)
+        taps = np.searchsorted(rows, np.clip(fed[:, None] + offsets[None, :], 0, length - 1))
+    if spec.bounded_state is not None:
+        keep = np.isin(fed, out_rows)
+        restart = np.ones(len(fed), bool)
+        restart[1:] = np.diff(fed) != 1
+    plain = (len(node.inputs) == 1 and spec.stencil is None and not spec.batched
+             and spec.bounded_state is None and len(spec.outputs) == 1)
+    return Window(rows, feed, taps, keep, restart, plain)
+
+
 @dataclass
 class StreamPlan:
     """One stream of one node: its needed rows, their partitions and each partition's inputs."""
@@ -240,6 +317,7 @@ class StreamPlan:
     starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     pieces: list[list[list[Piece]]] = field(default_factory=list)  # part -> input -> pieces
     orders: list[np.ndarray] = field(default_factory=list)  # sample nodes: part -> order
+    windows: list[Window] = field(default_factory=list)  # op nodes: part -> window
 
     def locate(self, rows: np.ndarray) -> np.ndarray:
         """The partition holding each of ``rows``."""
@@ -248,14 +326,21 @@ class StreamPlan:
 
 @dataclass
 class NodePlan:
-    """The analysis of one node: a :class:`StreamPlan` per stream that has needed rows."""
+    """The analysis of one node: a :class:`StreamPlan` per stream that has needed rows.
+
+    ``shared``: whether what this node outputs reaches more than one consumer (other ops, the
+    result), through stream operations that pass elements on; an op then hands its kernel a
+    copy, so a kernel writing into its input changes nothing anybody else sees.
+    """
 
     node: Node
     streams: dict[int, StreamPlan]
+    shared: bool = False
 
 
-def _topological(root: Node) -> list[Node]:
-    order, seen, stack = [], set(), [(root, False)]
+def topological(roots: Sequence[Node]) -> list[Node]:
+    """The nodes ``roots`` depend on (themselves included), inputs first."""
+    order, seen, stack = [], set(), [(root, False) for root in reversed(list(roots))]
     while stack:
         node, done = stack.pop()
         if done:
@@ -269,27 +354,28 @@ def _topological(root: Node) -> list[Node]:
     return order
 
 
-def analyze(root: Ref, requested: dict[int, np.ndarray],
+def analyze(requests: Sequence[tuple[Ref, dict[int, np.ndarray]]],
             partition_size: int | None) -> dict[Node, NodePlan]:
-    """Row analysis: the rows, partitions and partition inputs of every node ``root`` needs.
+    """Row analysis: the rows, partitions and partition inputs of every node the requests need.
 
     Parameters
     ----------
-    root : Ref
-        The output asked for.
-    requested : dict
-        Stream index -> sorted unique rows asked for.
+    requests : list of (Ref, dict)
+        Each output asked for, with its stream index -> sorted unique rows. Several requests
+        are analysed together: a node two of them need is planned once, for the union of rows.
     partition_size : int or None
         Rows per partition (``None``: each source's default).
     """
-    order = _topological(root.node)
+    order = topological([ref.node for ref, _ in requests])
     needs: dict[int, dict[int, list[np.ndarray]]] = {id(n): {} for n in order}
-    for s, rows in requested.items():
-        needs[id(root.node)].setdefault(s, []).append(np.asarray(rows, dtype=np.int64))
+    for ref, requested in requests:
+        for s, rows in requested.items():
+            needs[id(ref.node)].setdefault(s, []).append(np.asarray(rows, dtype=np.int64))
     needed: dict[int, dict[int, np.ndarray]] = {}
     for node in reversed(order):
         mine = {s: _union(parts) for s, parts in needs[id(node)].items()}
         if isinstance(node, OpNode) and node.spec.unbounded_state:
+            # one instance runs each stream from its first row, each partition its own rows
             mine = {s: np.arange(int(r[-1]) + 1, dtype=np.int64) if len(r) else r
                     for s, r in mine.items()}
         needed[id(node)] = mine
@@ -298,6 +384,10 @@ def analyze(root: Ref, requested: dict[int, np.ndarray],
     plans: dict[Node, NodePlan] = {}
     for node in order:
         streams = {}
+        size = partition_size
+        if isinstance(node, SampleNode) and size is None:  # once per node: linear in streams
+            size = max((len(p) for plan in plans[node.inputs[0].node].streams.values()
+                        for p in plan.parts), default=DEFAULT_ROWS)
         for s, rows in needed[id(node)].items():
             if not len(rows):
                 continue
@@ -307,9 +397,28 @@ def analyze(root: Ref, requested: dict[int, np.ndarray],
             elif isinstance(node, OpNode):
                 streams[s] = _plan_op(node, s, rows, plans)
             else:
-                streams[s] = _plan_sample(node, s, rows, plans, partition_size)
+                streams[s] = _plan_sample(node, s, rows, plans, size)
         plans[node] = NodePlan(node, streams)
+    _mark_shared(order, plans, [ref.node for ref, _ in requests])
     return plans
+
+
+def _mark_shared(order: list[Node], plans: dict[Node, NodePlan], roots: list[Node]) -> None:
+    """Set ``NodePlan.shared`` where a node's elements reach more than one consumer."""
+    owner: dict[int, Node] = {}
+    for node in order:  # a stream operation passes its input's elements on
+        owner[id(node)] = owner[id(node.inputs[0].node)] if isinstance(node, SampleNode) else node
+    uses: dict[int, int] = {}
+    for node in order:
+        if isinstance(node, OpNode):
+            for ref in node.inputs:
+                o = owner[id(ref.node)]
+                uses[id(o)] = uses.get(id(o), 0) + 1
+    for root in roots:
+        o = owner[id(root)]
+        uses[id(o)] = uses.get(id(o), 0) + 1
+    for node in order:
+        plans[node].shared = uses.get(id(owner[id(node)]), 0) > 1
 
 
 def _union(arrays: list[np.ndarray]) -> np.ndarray:
@@ -342,7 +451,7 @@ def _stream_plan(rows: np.ndarray, parts: list[np.ndarray]) -> StreamPlan:
     return StreamPlan(rows=rows, parts=parts, starts=starts)
 
 
-def _pieces_for(plan: StreamPlan, stream: int, rows: np.ndarray) -> list[Piece]:
+def pieces_for(plan: StreamPlan, stream: int, rows: np.ndarray) -> list[Piece]:
     """Pieces of ``plan``'s partitions that hold ``rows`` (sorted unique), in row order."""
     where = plan.locate(rows)
     pieces = []
@@ -364,22 +473,20 @@ def _plan_op(node: OpNode, s: int, rows: np.ndarray, plans) -> StreamPlan:
     plan = _stream_plan(rows, parts)
     length = node.lengths[s]
     for part in parts:
-        window = node.window(part, length)
-        plan.pieces.append([_pieces_for(plans[ref.node].streams[s], s, window)
+        window = op_window(node, part, length)
+        plan.windows.append(window)
+        plan.pieces.append([pieces_for(plans[ref.node].streams[s], s, window.rows)
                             for ref in node.inputs])
     return plan
 
 
-def _plan_sample(node: SampleNode, t: int, rows: np.ndarray, plans,
-                 partition_size: int | None) -> StreamPlan:
+def _plan_sample(node: SampleNode, t: int, rows: np.ndarray, plans, size: int) -> StreamPlan:
     in_stream, in_rows = node.mapping[t]
     source = plans[node.inputs[0].node].streams
     taken = in_rows[rows]
     streams = np.full(len(rows), int(in_stream)) if np.ndim(in_stream) == 0 else in_stream[rows]
     valid = taken >= 0
     keys = _part_keys(streams, taken, valid, source)
-    size = partition_size or max((len(p) for plan in source.values() for p in plan.parts),
-                                 default=DEFAULT_ROWS)
     bounds = _group_bounds(keys, size)
     parts = [rows[a:b] for a, b in bounds]
     plan = _stream_plan(rows, parts)
@@ -390,7 +497,7 @@ def _plan_sample(node: SampleNode, t: int, rows: np.ndarray, plans,
         for u in np.unique(seg_streams[seg_valid]).tolist():
             sel = seg_valid & (seg_streams == u)
             wanted = np.unique(seg_taken[sel])
-            for piece in _pieces_for(source[u], u, wanted):
+            for piece in pieces_for(source[u], u, wanted):
                 got = source[u].parts[piece.part]
                 got = got if piece.positions is None else got[piece.positions]
                 hit = sel & np.isin(seg_taken, got)

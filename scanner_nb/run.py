@@ -20,6 +20,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from . import runtime
+from .profile import note_built
 from .errors import ScannerTypeError, ScannerValueError, StreamExistsError
 from .sources import NamedStream, NamedVideoStream
 from .stream import Stream
@@ -52,10 +53,21 @@ class PerfParams:
     work_packet_size: int | None = None
     io_packet_size: int | None = None
     memory_fraction: float | None = None
+    pipeline_instances_per_node: int | None = None
+    total_memory: int | None = None
 
     @classmethod
-    def manual(cls, work_packet_size: int, io_packet_size: int) -> PerfParams:
-        """Fixed sizes: rows per ``execute`` step and rows per partition."""
+    def manual(cls, work_packet_size: int, io_packet_size: int, *,
+               pipeline_instances_per_node: int | None = None, cpu_pool: str | None = None,
+               gpu_pool: str | None = None, load_sparsity_threshold: int = 8,
+               queue_size_per_pipeline: int = 4) -> PerfParams:
+        """Fixed sizes: rows per ``execute`` step and rows per partition.
+
+        ``pipeline_instances_per_node`` (Scanner's name) is how many partitions one machine
+        computes at once: the threads of the local scheduler (a cluster's workers keep their
+        own). Scanner's ``cpu_pool``, ``gpu_pool``, ``load_sparsity_threshold`` and
+        ``queue_size_per_pipeline`` are accepted and have no effect (Dask schedules the tasks).
+        """
         for name, value in (("work_packet_size", work_packet_size),
                             ("io_packet_size", io_packet_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -65,31 +77,63 @@ class PerfParams:
             raise ScannerValueError(
                 f"PerfParams.manual: work_packet_size {work_packet_size} is larger than "
                 f"io_packet_size {io_packet_size}")
-        return cls(work_packet_size, io_packet_size)
+        return cls(work_packet_size, io_packet_size,
+                   pipeline_instances_per_node=_instances(pipeline_instances_per_node))
 
     @classmethod
-    def estimate(cls, memory_fraction: float = 0.25) -> PerfParams:
+    def estimate(cls, memory_fraction: float | None = None, *,
+                 max_memory_util: float | None = None, total_memory: int | None = None,
+                 work_io_ratio: float = 0.2, queue_size_per_pipeline: int = 4,
+                 pipeline_instances_per_node: int | None = None, cpu_pool: str | None = None,
+                 gpu_pool: str | None = None, load_sparsity_threshold: int = 8) -> PerfParams:
         """Sizes chosen per run from the frame size and the memory at hand.
 
         Partitions of frames are sized so that two in flight per core use at most
-        ``memory_fraction`` of the available memory (and never more than 64 MiB each). A run's
+        ``memory_fraction`` (Scanner: ``max_memory_util``) of the available memory, or of
+        ``total_memory`` bytes when given (and never more than 64 MiB each). A run's
         memory is then bounded by the partitions in flight (about two partitions' frames per
         thread: the input and an op's output), whatever the length of the video. A video's
         partitions hold whole groups of pictures, so with long ones (x264's default of 250
         frames is 1.5 GB at 1080p) the keyframe interval, not this estimate, sets the size.
+        ``pipeline_instances_per_node`` is as in :meth:`manual`; Scanner's ``work_io_ratio``,
+        ``queue_size_per_pipeline``, ``cpu_pool``, ``gpu_pool`` and ``load_sparsity_threshold``
+        are accepted and have no effect.
         """
-        return cls(None, None, memory_fraction)
+        if memory_fraction is not None and max_memory_util is not None:
+            raise ScannerValueError("PerfParams.estimate: give memory_fraction or "
+                                    "max_memory_util (Scanner's name), not both")
+        fraction = memory_fraction if memory_fraction is not None else max_memory_util
+        if fraction is not None and not 0 < float(fraction) <= 1:
+            raise ScannerValueError(
+                f"PerfParams.estimate: the memory fraction must be in (0, 1], got {fraction!r}")
+        if total_memory is not None and (not isinstance(total_memory, int) or total_memory < 1):
+            raise ScannerValueError(
+                f"PerfParams.estimate: total_memory must be a number of bytes, got {total_memory!r}")
+        return cls(None, None, 0.25 if fraction is None else float(fraction),
+                   pipeline_instances_per_node=_instances(pipeline_instances_per_node),
+                   total_memory=total_memory)
 
     def partition_size_for(self, stream: Stream) -> int | None:
         """Rows per partition for computing ``stream``."""
         if self.io_packet_size is not None:
             return self.io_packet_size
         frame_bytes = _frame_bytes(stream)
-        if frame_bytes is None:
+        if frame_bytes is None or stream.client.partition_size is not None:
             return stream.client.partition_size
-        budget = _available_memory() * (self.memory_fraction or 0.25) / (2 * (os.cpu_count() or 1))
+        budget = self.memory() * (self.memory_fraction or 0.25) / (2 * (os.cpu_count() or 1))
         budget = min(budget, 64 << 20)
         return max(1, int(budget // frame_bytes))
+
+
+    def memory(self) -> int:
+        """The memory a run may plan with: ``total_memory``, else what is available now."""
+        return self.total_memory or _available_memory()
+
+
+def _instances(value) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ScannerValueError(f"pipeline_instances_per_node must be an int >= 1, got {value!r}")
+    return value
 
 
 def _available_memory() -> int:
@@ -106,14 +150,7 @@ def _frame_bytes(stream: Stream) -> int | None:
     node = stream._ref.node
     while node.inputs:
         node = node.inputs[0].node
-    for source in getattr(node, "sources", ()):
-        file = getattr(source, "_file", None)
-        if file is not None:
-            return file.index.width * file.index.height * 3
-        elements = getattr(source, "elements", None)
-        if source.type_name == "FrameType" and elements is not None and len(elements):
-            return int(elements[0].nbytes)
-    return None
+    return next((s.frame_bytes for s in node.sources if s.frame_bytes), None)
 
 
 class Output:
@@ -130,11 +167,7 @@ class Output:
             raise ScannerValueError(
                 f"sc.io.Output: {len(targets)} name(s) for {stream.num_streams} stream(s); give "
                 f"one sp.NamedStream per stream")
-        for t in targets:
-            if isinstance(t, NamedVideoStream) and stream.type_name != "FrameType":
-                raise ScannerTypeError(
-                    f"sc.io.Output: {t.name!r} is a NamedVideoStream but the stream holds "
-                    f"{stream.type_name} elements; store them with sp.NamedStream")
+        for t in targets:  # a NamedVideoStream may name other elements too, as in Scanner
             if isinstance(t, NamedVideoStream) and t.path is not None:
                 raise ScannerValueError(
                     f"sc.io.Output: {t.name!r} names a video file; outputs are stored in the "
@@ -170,6 +203,7 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
             if id(stream) not in views:  # the streams of one Output share one graph
                 views[id(stream)] = stream.with_perf_params(perf)
             built = views[id(stream)]._build()
+            note_built(built)  # for the run's profile
             parts = built.rows[s]
             largest = max(largest, max((len(r) for r in parts), default=0) *
                           (_frame_bytes(stream) or 0))
@@ -211,10 +245,14 @@ def _threads_within_budget(client: Client, perf: PerfParams, partition_bytes: in
     such partitions (an op's input and output): run fewer threads rather than more memory
     than ``memory_fraction`` of what is available. A cluster's workers manage their own memory.
     """
-    if client.distributed is not None or perf.io_packet_size is not None or not partition_bytes:
+    if client.distributed is not None:
+        return None
+    if perf.pipeline_instances_per_node is not None:
+        return perf.pipeline_instances_per_node
+    if perf.io_packet_size is not None or not partition_bytes:
         return None
     cores = os.cpu_count() or 1
-    budget = _available_memory() * (perf.memory_fraction or 0.25)
+    budget = perf.memory() * (perf.memory_fraction or 0.25)
     threads = int(budget // (2 * partition_bytes))
     return None if threads >= cores else max(1, threads)
 

@@ -8,8 +8,9 @@ and ``persist``, ``to_delayed`` and ``to_dask_array`` interoperate with Dask.
 from __future__ import annotations
 
 import copy
-import uuid
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from dask.base import DaskMethodsMixin, tokenize
@@ -17,13 +18,14 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import runtime
 from .errors import RowIndexError, ScannerTypeError
-from .graph import Built, build_graph
-from .plan import OpNode, Ref, SourceNode
+from .graph import Built, View, build_graph, build_union
+from .plan import OpNode, Ref, SourceNode, topological
+from .sources.persisted import PersistedSource
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "preview"]
 
 
 class Stream(DaskMethodsMixin):
@@ -40,15 +42,10 @@ class Stream(DaskMethodsMixin):
     [[1, 2, 3], [4]]
     """
 
-    def __init__(self, client: Client, ref: Ref, *, requested: dict | None = None,
-                 partition_size: int | None | str = "client", work_packet: int | None = None,
-                 in_place: bool = False):
+    def __init__(self, client: Client, ref: Ref, view: View | None = None):
         self._client = client
         self._ref = ref
-        self._requested = requested
-        self._partition_size = partition_size
-        self._work_packet = work_packet
-        self._in_place = in_place
+        self._view = view or View()
         self._built: Built | None = None
 
     # ------------------------------------------------------------ what it is
@@ -72,16 +69,20 @@ class Stream(DaskMethodsMixin):
         """How many streams (or slices) this collection holds."""
         return self._ref.node.n_streams
 
-    def _derive(self, *, requested: dict | None = None,
-                partition_size: int | None | str = "client",
-                work_packet: int | None = None) -> Stream:
-        return Stream(self._client, self._ref, requested=requested,
-                      partition_size=partition_size, work_packet=work_packet)
+    @property
+    def view(self) -> View:
+        """Which rows, partition size and work packet this stream is computed with."""
+        return self._view
+
+    def _derive(self, **changes) -> Stream:
+        """The same stream under another :class:`~scanner_nb.graph.View`."""
+        derived = Stream(self._client, self._ref, View(**{**self._view.__dict__, **changes}))
+        derived.storage_hint = self.storage_hint
+        return derived
 
     def with_perf_params(self, perf_params) -> Stream:
         """This stream computed with a ``PerfParams``' partition and work packet sizes."""
-        return self._derive(requested=self._requested,
-                            partition_size=perf_params.partition_size_for(self),
+        return self._derive(partition_size=perf_params.partition_size_for(self),
                             work_packet=perf_params.work_packet_size)
 
     # ------------------------------------------------------------ how sc.run stores it
@@ -117,20 +118,33 @@ class Stream(DaskMethodsMixin):
     # ------------------------------------------------------------ graph
     def _build(self) -> Built:
         if self._built is None:
-            requested = self._requested
-            if requested is None:
-                requested = {s: np.arange(n, dtype=np.int64) for s, n in enumerate(self.lengths)}
-            size = self._partition_size
-            size = self._client.partition_size if size == "client" else size
-            self._built = build_graph(self._ref, requested, size, self._client.token,
-                                      self._client.instance_key, self._work_packet,
-                                      self._in_place)
+            view = self._view
+            requested = self._requested_rows()
+            size = view.partition_size
+            size = self._client.partition_size if size == "session" else size
+            session = self._client.session
+            self._built = build_graph(self._ref, requested, size, session.token,
+                                      self._client.instance_key, view.work_packet,
+                                      session.workers, view.in_place)
+            for keys in self._built.keys.values():
+                for k in keys[:1]:
+                    _BUILT[k[0]] = self
         return self._built
+
+    def _requested_rows(self) -> dict:
+        requested = self._view.requested
+        if requested is None:
+            requested = {s: np.arange(n, dtype=np.int64) for s, n in enumerate(self.lengths)}
+        return requested
 
     def _streams(self) -> list[int]:
         return sorted(self._build().keys)
 
-    __dask_optimize__ = None  # the row analysis already builds only the tasks needed
+    @staticmethod
+    def __dask_optimize__(dsk, keys, **kwargs):
+        """Several Streams computed together (``dask.compute(a, b)``): one row analysis of
+        what they all need, so a node they ask for different rows of runs once."""
+        return _optimize_together(dsk, keys)
 
     def __dask_graph__(self) -> HighLevelGraph:
         return self._build().graph
@@ -145,8 +159,9 @@ class Stream(DaskMethodsMixin):
             built.graph.layers)
 
     def __dask_tokenize__(self):
-        return (self._ref.node.token, self._ref.output, tokenize(self._requested),
-                self._partition_size, self._work_packet, self._in_place)
+        view = self._view
+        return (self._ref.node.token, self._ref.output, tokenize(view.requested),
+                view.partition_size, view.work_packet, view.in_place)
 
     def __dask_postcompute__(self):
         return _finalize, (self.type_name,)
@@ -157,11 +172,21 @@ class Stream(DaskMethodsMixin):
 
     @property
     def __dask_scheduler__(self) -> Callable:
-        return self._client.scheduler
+        return self._client.session.get
 
     # ------------------------------------------------------------ results
     def compute(self, progress: bool | None = None, perf_params=None, **kwargs) -> list:
         """Compute every stream.
+
+        Parameters
+        ----------
+        progress : bool, optional
+            Show a progress bar (default: the client's ``show_progress``).
+        perf_params : PerfParams, optional
+            Partition and work packet sizes.
+        **kwargs
+            Dask's own compute keywords (``scheduler="sync"``, ``optimize_graph=``, ...);
+            ``dask.config.set(scheduler=...)`` is honoured as by any Dask collection.
 
         Returns
         -------
@@ -170,19 +195,15 @@ class Stream(DaskMethodsMixin):
             where shapes differ or nulls occur), a list of elements otherwise; nulls are ``None``.
         """
         view = self if perf_params is None else self.with_perf_params(perf_params)
-        if self._client.distributed is None:  # results land here: decode frames in place
-            view = Stream(self._client, self._ref, requested=view._requested,
-                          partition_size=view._partition_size, work_packet=view._work_packet,
-                          in_place=True)
-        return self._client.compute_collections([view], progress=progress, **kwargs)[0]
+        session = self._client.session
+        if session.lands_here(kwargs.get("scheduler")):  # decode frames into the result
+            view = view._derive(in_place=True)
+        return session.compute([view], progress=progress, label=self._ref.node.label,
+                               **kwargs)[0]
 
     def persist(self, **kwargs) -> Stream:
         """Compute the partitions and keep them (in memory, or on the cluster's workers)."""
-        if self._client.distributed is not None:
-            kwargs.setdefault("scheduler", self._client.distributed)
-        else:
-            kwargs.setdefault("scheduler", self._client.scheduler)
-        return super().persist(**kwargs)
+        return self._client.session.persist(self, **kwargs)
 
     def partitions_info(self) -> list[dict]:
         """Per stream: its length and the ``(start, end)`` rows of each partition."""
@@ -229,13 +250,9 @@ class Stream(DaskMethodsMixin):
         if not 0 <= row < n:
             raise RowIndexError(f"row {row} is outside stream {stream_index} of length {n}")
         view = self._derive(requested={stream_index: np.array([row], np.int64)})
-        if self._client.distributed is None:  # a handful of tasks: no thread pool round trips
-            from dask.local import get_sync
-
-            built = view._build()
-            (batches,) = get_sync(built.graph, [built.keys[stream_index]])
-            return _finalize([batches], self.type_name)[0][0]
-        return self._client.compute_collections([view], progress=False)[0][0][0]
+        built = view._build()  # a handful of tasks: run at once, no pool round trips
+        (batches,) = self._client.session.compute_now(built.graph, [built.keys[stream_index]])
+        return _finalize([batches], self.type_name)[0][0]
 
     def rows(self, stream_index: int, rows: Sequence[int], progress: bool | None = False):
         """Compute the elements at ``rows`` of one stream (sorted, repeats allowed)."""
@@ -245,7 +262,7 @@ class Stream(DaskMethodsMixin):
             raise RowIndexError(f"rows outside stream {stream_index} of length {n}")
         unique, inverse = np.unique(wanted, return_inverse=True)
         view = self._derive(requested={stream_index: unique})
-        got = self._client.compute_collections([view], progress=progress)[0][0]
+        got = self._client.session.compute([view], progress=progress)[0][0]
         if isinstance(got, np.ndarray):
             return got[inverse]
         return [got[i] for i in inverse.tolist()]
@@ -261,13 +278,10 @@ class Stream(DaskMethodsMixin):
         end = n if end is None else max(start, min(end, n))
         if end <= start:
             return
-        view = self._derive(requested={stream_index: np.arange(start, end, dtype=np.int64)},
-                            partition_size=self._partition_size, work_packet=self._work_packet)
+        view = self._derive(requested={stream_index: np.arange(start, end, dtype=np.int64)})
         (delayed,) = view.to_delayed()
-        import dask
-
         for i in range(0, len(delayed), window):
-            yield from dask.compute(*delayed[i:i + window], scheduler=self._client.scheduler)
+            yield from self._client.session.compute(delayed[i:i + window], progress=False)
 
     def _check_stream(self, stream_index: int) -> int:
         if not 0 <= stream_index < self.num_streams:
@@ -276,9 +290,12 @@ class Stream(DaskMethodsMixin):
         return self.lengths[stream_index]
 
     def save_mp4(self, path: str, stream_index: int = 0, fps: float | None = None) -> str:
-        """Encode one frame stream to an H.264 mp4 at exactly ``path`` (partitions streamed)."""
+        """Encode one frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has no
+        extension, as Scanner did; partitions streamed); returns the path written."""
+        from .sources.stored import mp4_path
         from .video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream, not {self.type_name}")
         self._check_stream(stream_index)
@@ -291,9 +308,8 @@ class Stream(DaskMethodsMixin):
         node = self._ref.node
         while node.inputs:
             node = node.inputs[0].node
-        source = node.sources[min(stream_index, len(node.sources) - 1)] if isinstance(
-            node, SourceNode) else None
-        return float(getattr(source, "fps", None) or 24.0)
+        source = node.sources[min(stream_index, len(node.sources) - 1)]
+        return float(source.fps or 24.0)
 
     # ------------------------------------------------------------ notebook
     def preview(self, render: Callable | None = None, compare: Sequence[Stream] = ()):
@@ -340,14 +356,12 @@ class Stream(DaskMethodsMixin):
         while node.inputs and not node.slices:
             node = node.inputs[0].node
         if isinstance(node, SourceNode) and len(node.sources) == self.num_streams:
-            return [getattr(s, "name", None) or f"stream {i}" for i, s in enumerate(node.sources)]
+            return [s.name or f"stream {i}" for i, s in enumerate(node.sources)]
         return [f"stream {i}" for i in range(self.num_streams)]
 
     def summary(self) -> dict:
         """The plan as plain data (nodes, streams, type) for reprs; computes nothing."""
-        from .plan import _topological
-
-        order = _topological(self._ref.node)
+        order = topological([self._ref.node])
         ids = {node: i for i, node in enumerate(order)}
         nodes = []
         for node in order:
@@ -360,7 +374,7 @@ class Stream(DaskMethodsMixin):
                 props = {**node.init_args, **node.config_args, **node.spec.properties,
                          "device": node.device.value}
             else:
-                label, props = node.label, {"args": getattr(node, "args", "")}
+                label, props = node.label, {"args": node.args}
             nodes.append({"id": ids[node], "kind": node.kind, "label": label, "props": props,
                           "inputs": [ids[r.node] for r in node.inputs]})
         names = self._stream_names()
@@ -391,6 +405,42 @@ class Stream(DaskMethodsMixin):
             return f"<pre>{html.escape(repr(self))}</pre>"
 
 
+_BUILT: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # root layer -> Stream
+
+
+def _optimize_together(dsk, keys):
+    from dask.core import flatten
+
+    streams: dict[int, Stream] = {}
+    names = {k[0] if isinstance(k, tuple) else k for k in flatten(keys)}
+    for name in list(names):  # dask.compute asks for a finalize key over each collection's keys
+        names.update(dsk.dependencies.get(name, ()))
+    for name in names:
+        stream = _BUILT.get(name)
+        if stream is not None:
+            streams.setdefault(id(stream), stream)
+    streams_ = list(streams.values())
+    if len(streams_) < 2:
+        return dsk
+    first = streams_[0]
+    setting = (first._client.session, first._client.partition_size, first._view.partition_size,
+               first._view.work_packet)
+    if any((s._client.session, s._client.partition_size, s._view.partition_size,
+            s._view.work_packet) != setting or s._view.in_place for s in streams_):
+        return dsk
+    size = first._view.partition_size
+    size = first._client.partition_size if size == "session" else size
+    session = first._client.session
+    requests = [(s._ref, s._requested_rows(), s._build().keys, s._build().rows) for s in streams_]
+    union = build_union(requests, size, session.token, first._client.instance_key,
+                        first._view.work_packet, session.workers)
+    ours = {name for s in streams_ for name in s._build().graph.layers}
+    layers = {n: layer for n, layer in dsk.layers.items() if n not in ours}  # finalize tasks
+    deps = {n: (set(dsk.dependencies.get(n, ())) - ours) | (
+        set(union.layers) if set(dsk.dependencies.get(n, ())) & ours else set()) for n in layers}
+    return HighLevelGraph({**layers, **union.layers}, {**deps, **union.dependencies})
+
+
 def _finalize(results, type_name: str) -> list:
     return [runtime.assemble_stream(batches, type_name) for batches in results]
 
@@ -399,31 +449,23 @@ def _frames_of(batch):
     return np.asarray(runtime.on_host(batch.elements))
 
 
-class PersistedSource:
-    """A source whose partitions are already computed (``persist()``): reads take from them."""
-
-    def __init__(self, type_name: str, length: int, keys: list, parts: list[np.ndarray], graph):
-        self.type_name, self.length, self.keys, self.parts, self.graph = (
-            type_name, length, keys, parts, graph)
-        self.label = "persisted"
-        self.token = uuid.uuid4().hex
-
-    def __len__(self) -> int:
-        return self.length
-
-    def partition(self, rows, partition_size):
-        starts = np.array([p[0] for p in self.parts], dtype=np.int64)
-        where = np.searchsorted(starts, rows, side="right") - 1
-        return [rows[where == q] for q in np.unique(where).tolist()]
-
-    def task(self, stream: int, rows: np.ndarray):
-        starts = np.array([p[0] for p in self.parts], dtype=np.int64)
-        q = int(np.searchsorted(starts, rows[0], side="right") - 1)
-        return (runtime.take_rows, [[self.keys[q], np.searchsorted(self.parts[q], rows)]])
-
-
 def _rebuild(dsk, client, type_name, lengths, keys, rows, rename=None):
     graph = dict(dsk)
     sources = [PersistedSource(type_name, n, keys.get(s, []), rows.get(s, []), graph)
                for s, n in enumerate(lengths)]
     return Stream(client, Ref(SourceNode(sources)))
+
+
+def preview(stream: Stream, *others: Stream, render: Callable | None = None):
+    """Preview several collections side by side on one slider and one Play.
+
+    ``sp.preview(a, b)`` is ``a.preview(compare=[b])``: each step computes the shown row once
+    per collection.
+
+    Examples
+    --------
+    >>> sp.preview(frames, sc.ops.Blur(frame=frames, kernel_size=5, sigma=1))  # doctest: +SKIP
+    """
+    if not isinstance(stream, Stream) or not all(isinstance(o, Stream) for o in others):
+        raise ScannerTypeError("sp.preview takes Streams (from sc.io.Input, an op or sc.streams)")
+    return stream.preview(render=render, compare=list(others))

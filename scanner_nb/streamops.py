@@ -7,6 +7,7 @@ operation, the stream and the value, before anything runs.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -52,16 +53,16 @@ def per_stream(values: Any, stream: Stream, what: str) -> list:
         return list(values)
     if len(values) == node.n_streams and not any(isinstance(v, SliceList) for v in values):
         return list(values)
-    parents = sorted({p for p, _ in node.slices})
-    if len(values) != len(parents):
+    if len(values) != node.n_parents:
         raise ScannerValueError(
-            f"{what} has {len(values)} value(s) but the sliced input comes from {len(parents)} "
+            f"{what} has {len(values)} value(s) but the sliced input comes from {node.n_parents} "
             f"stream(s); give one value (or sp.SliceList) per stream")
+    counts = np.bincount([p for p, _ in node.slices], minlength=node.n_parents)
     out = []
     for p, j in node.slices:
-        value = values[parents.index(p)]
+        value = values[p]
         if isinstance(value, SliceList):
-            count = sum(1 for q, _ in node.slices if q == p)
+            count = int(counts[p])
             if len(value) != count:
                 raise ScannerValueError(
                     f"{what}: the SliceList for stream {p} has {len(value)} value(s) but the "
@@ -88,6 +89,25 @@ def _interval(value: Any, n: int, what: str) -> np.ndarray:
     if start > end:
         raise ScannerValueError(f"{what}: start {start} is past end {end}")
     return np.arange(min(start, n), min(end, n), step, dtype=np.int64)
+
+
+def _scanner_keywords(**aliases: str):
+    """Accept Scanner's keyword names (``input=``, ``spacings=``, ``partitions=``) for a stream
+    operation's parameters as well as this library's."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            for alias, name in aliases.items():
+                if alias in kwargs:
+                    if name in kwargs:
+                        raise ScannerTypeError(
+                            f"sc.streams.{method.__name__} got both {alias!r} and {name!r}")
+                    kwargs[name] = kwargs.pop(alias)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 @dataclass(frozen=True)
@@ -144,9 +164,43 @@ class Partitioner:
             _interval((start, end, stride), n, "partitioner.strided_range")])
 
 
+    @staticmethod
+    def strided_ranges(intervals: Sequence[tuple[int, int]], stride: int) -> _PartitionerSpec:
+        """One slice per ``(start, end)`` interval, every ``stride``-th row of it."""
+        intervals, stride = list(intervals), _int(stride, "partitioner.strided_ranges stride", 1)
+        return _PartitionerSpec(f"strided_ranges({intervals}, {stride})", lambda n: [
+            _interval((*iv, stride), n, "partitioner.strided_ranges interval")
+            for iv in intervals])
+
+    @staticmethod
+    def gather(groups: Sequence[Sequence[int]]) -> _PartitionerSpec:
+        """One slice per group of rows, in the order given."""
+        groups = [list(g) for g in groups]
+
+        def rows_of(n):
+            out = []
+            for g in groups:
+                rows = np.asarray(g, dtype=np.int64)
+                bad = rows[(rows < 0) | (rows >= n)]
+                if bad.size:
+                    raise RowIndexError(f"partitioner.gather: row {int(bad[0])} is outside the "
+                                        f"stream (length {n})")
+                out.append(rows)
+            return out
+
+        return _PartitionerSpec(f"gather({groups})", rows_of)
+
+
+def _stream_class():
+    from .stream import Stream
+
+    return Stream
+
+
 class StreamOps:
-    """``sc.streams``: Stride, Range, Ranges, StridedRange, Gather, RepeatNull, Repeat, All,
-    Slice and Unslice, each taking one argument per stream."""
+    """``sc.streams``: Stride, Range, Ranges, StridedRange, StridedRanges, Gather, RepeatNull,
+    Repeat, All, Slice and Unslice, each taking one argument per stream (Scanner's keyword
+    names ``input=``, ``spacings=`` and ``partitions=`` work too)."""
 
     def __init__(self, client):
         self._client = client
@@ -162,16 +216,19 @@ class StreamOps:
         node = SampleNode(stream._ref, label, repr(args), mapping, slices, keep_slices)
         return Stream(self._client, Ref(node))
 
+    @_scanner_keywords(input="stream")
     def Stride(self, stream: Stream, strides: Sequence[int]) -> Stream:
         """Every ``k``-th row: output length ⌈n/k⌉."""
         return self._sample(stream, "Stride", strides, lambda s, k, n: np.arange(
             0, n, _int(k, f"Stride of stream {s}", 1), dtype=np.int64))
 
+    @_scanner_keywords(input="stream")
     def Range(self, stream: Stream, ranges: Sequence[tuple[int, int]]) -> Stream:
         """Rows ``start:end`` (half-open; an end past the stream is cut to its length)."""
         return self._sample(stream, "Range", ranges,
                             lambda s, r, n: _interval(r, n, f"Range of stream {s}"))
 
+    @_scanner_keywords(input="stream")
     def Ranges(self, stream: Stream, intervals: Sequence[Sequence[tuple[int, int]]]) -> Stream:
         """The intervals concatenated in the given order (overlaps repeat rows)."""
         def rows_for(s, ivs, n):
@@ -182,6 +239,7 @@ class StreamOps:
 
         return self._sample(stream, "Ranges", intervals, rows_for)
 
+    @_scanner_keywords(input="stream")
     def StridedRange(self, stream: Stream, ranges: Sequence[tuple[int, int, int]]) -> Stream:
         """Rows ``start:end:k``."""
         def rows_for(s, r, n):
@@ -191,6 +249,31 @@ class StreamOps:
 
         return self._sample(stream, "StridedRange", ranges, rows_for)
 
+    @_scanner_keywords(input="stream")
+    def StridedRanges(self, stream: Stream, intervals: Sequence, stride: int | Sequence[int]
+                      ) -> Stream:
+        """Scanner's ``StridedRanges``: every ``stride``-th row of each ``(start, end)``
+        interval, concatenated. ``intervals`` is one list of intervals for every stream (or
+        one list per stream), ``stride`` an int (or one per stream)."""
+        n = stream.num_streams if isinstance(stream, _stream_class()) else 1
+        if isinstance(intervals, (list, tuple)) and intervals and all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(
+                    isinstance(x, (int, np.integer)) for x in v) for v in intervals):
+            intervals = [intervals] * n
+        strides = stride if isinstance(stride, (list, tuple)) else [stride] * n
+
+        def rows_for(s, args, n_rows):
+            ivs, k = args
+            k = _int(k, f"StridedRanges stride of stream {s}", 1)
+            parts = [_interval((*iv, k), n_rows, f"StridedRanges of stream {s}") for iv in ivs]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+        if not isinstance(intervals, (list, tuple)) or len(intervals) != len(strides):
+            raise ScannerValueError(
+                f"sc.streams.StridedRanges: {len(strides)} stride(s) for intervals {intervals!r}")
+        return self._sample(stream, "StridedRanges", list(zip(intervals, strides)), rows_for)
+
+    @_scanner_keywords(input="stream")
     def Gather(self, stream: Stream, indices: Sequence[Sequence[int]]) -> Stream:
         """The rows at ``indices`` in the order given (repeats allowed)."""
         def rows_for(s, idx, n):
@@ -206,6 +289,7 @@ class StreamOps:
 
         return self._sample(stream, "Gather", indices, rows_for)
 
+    @_scanner_keywords(input="stream", spacings="counts")
     def RepeatNull(self, stream: Stream, counts: Sequence[int]) -> Stream:
         """Each element followed by ``n - 1`` nulls."""
         def rows_for(s, k, n):
@@ -216,15 +300,18 @@ class StreamOps:
 
         return self._sample(stream, "RepeatNull", counts, rows_for)
 
+    @_scanner_keywords(input="stream", spacings="counts")
     def Repeat(self, stream: Stream, counts: Sequence[int]) -> Stream:
         """Each element repeated ``n`` times."""
         return self._sample(stream, "Repeat", counts, lambda s, k, n: np.repeat(
             np.arange(n, dtype=np.int64), _int(k, f"Repeat of stream {s}", 1)))
 
+    @_scanner_keywords(input="stream")
     def All(self, stream: Stream) -> Stream:
         """Every row (Scanner's ``All``): the stream itself."""
         return stream
 
+    @_scanner_keywords(input="stream", partitions="partitioners")
     def Slice(self, stream: Stream, partitioners: Sequence[_PartitionerSpec]) -> Stream:
         """Cut each stream into slices processed as independent streams (see ``Unslice``)."""
         from .stream import Stream
@@ -242,9 +329,11 @@ class StreamOps:
             for j, rows in enumerate(spec.rows_of(n)):
                 mapping.append((s, rows))
                 slices.append((s, j))
-        node = SampleNode(stream._ref, "Slice", repr(list(values)), mapping, tuple(slices))
+        node = SampleNode(stream._ref, "Slice", repr(list(values)), mapping, tuple(slices),
+                          n_parents=stream.num_streams)
         return Stream(self._client, Ref(node))
 
+    @_scanner_keywords(input="stream")
     def Unslice(self, stream: Stream) -> Stream:
         """Concatenate the slices' outputs in order, back to one stream per sliced stream."""
         from .stream import Stream
@@ -254,11 +343,15 @@ class StreamOps:
         node = stream._ref.node
         if node.slices is None:
             raise ScannerValueError("Unslice of a stream that is not sliced")
+        members: list[list[int]] = [[] for _ in range(node.n_parents)]
+        for t, (p, _) in enumerate(node.slices):  # every parent, also one with no slice
+            members[p].append(t)
         mapping = []
-        for p in sorted({p for p, _ in node.slices}):
-            members = [t for t, (q, _) in enumerate(node.slices) if q == p]
-            in_streams = np.concatenate([np.full(node.lengths[t], t) for t in members])
-            in_rows = np.concatenate([np.arange(node.lengths[t]) for t in members])
-            mapping.append((in_streams.astype(np.int64), in_rows))
+        for ts in members:
+            in_streams = np.concatenate([np.full(node.lengths[t], t, np.int64) for t in ts] or
+                                        [np.zeros(0, np.int64)])
+            in_rows = np.concatenate([np.arange(node.lengths[t], dtype=np.int64) for t in ts] or
+                                     [np.zeros(0, np.int64)])
+            mapping.append((in_streams, in_rows))
         out = SampleNode(stream._ref, "Unslice", "", mapping, keep_slices=False)
         return Stream(self._client, Ref(out))

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import ScannerTypeError
 
-__all__ = ["FrameType", "StreamType", "register_type", "lookup_type", "type_of", "Batch"]
+__all__ = ["FrameType", "NullElement", "StreamType", "register_type", "lookup_type", "type_of",
+           "Batch"]
 
 
 class FrameType:
@@ -57,6 +58,23 @@ def _frame_from_bytes(data: bytes) -> np.ndarray:
     ndim = int(np.frombuffer(data, np.int64, 1, 8)[0])
     shape = tuple(int(n) for n in np.frombuffer(data, np.int64, ndim, 16))
     return np.frombuffer(data, dtype, offset=16 + 8 * ndim).reshape(shape).copy()
+
+
+
+class _NullMeta(type):
+    def __instancecheck__(cls, value) -> bool:
+        return value is None or type.__instancecheck__(cls, value)
+
+
+class NullElement(metaclass=_NullMeta):
+    """Scanner's null element. Nulls (from ``RepeatNull``) are ``None`` here; Scanner code's
+    ``isinstance(x, sp.NullElement)`` is true for them.
+
+    Examples
+    --------
+    >>> isinstance(None, NullElement), isinstance(0, NullElement)
+    (True, False)
+    """
 
 
 _REGISTRY: dict[str, StreamType] = {}

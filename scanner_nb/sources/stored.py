@@ -4,15 +4,41 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 import numpy as np
+from dask.base import tokenize
 
 from ..errors import ScannerTypeError
 from ..types import Batch
+from .base import Source
 from .video import VideoFileSource
 
-__all__ = ["NamedStream", "NamedVideoStream"]
+__all__ = ["NamedStream", "NamedVideoStream", "StreamStorage", "mp4_path"]
+
+
+def mp4_path(path: str | os.PathLike) -> str:
+    """``path``, with ``.mp4`` added when it has no extension (as Scanner's ``save_mp4``).
+
+    Examples
+    --------
+    >>> mp4_path("out/clip"), mp4_path("clip.mov")
+    ('out/clip.mp4', 'clip.mov')
+    """
+    path = os.fspath(path)
+    return path if os.path.splitext(path)[1] else path + ".mp4"
+
+
+class StreamStorage:
+    """What ``stream.storage()`` returns, Scanner's storage backend: ``delete(sc, streams)``
+    deletes several streams at once."""
+
+    def delete(self, sc, streams) -> None:
+        """Delete each of ``streams`` (stored streams, a video's index, files)."""
+        for stream in streams:
+            stream.delete(sc)
+
+    def __repr__(self) -> str:
+        return "StreamStorage()"
 
 
 def _read_stored(db, name: str, manifest: dict, stream: int, rows: np.ndarray) -> Batch:
@@ -29,7 +55,7 @@ def _read_stored(db, name: str, manifest: dict, stream: int, rows: np.ndarray) -
     return Batch(stream, rows, out.elements, out.nulls, manifest["type"])
 
 
-class NamedStream:
+class NamedStream(Source):
     """A stored stream in the client's database: an output of ``sc.run``, or an input.
 
     Parameters
@@ -50,7 +76,6 @@ class NamedStream:
 
         self._client = sc
         self.name = validate_name(name)
-        self.token = uuid.uuid4().hex
         self._manifest: dict | None = None
         self._held = None
 
@@ -99,10 +124,14 @@ class NamedStream:
         """The elements, lazily; ``rows=[...]`` reads only the chunks holding them."""
         return self.db.load(self.name, rows)
 
-    def delete(self) -> None:
-        """Remove the stored stream."""
+    def delete(self, sc=None) -> None:
+        """Remove the stored stream (``sc``, Scanner's client argument, is optional)."""
         self.forget()
         self.db.delete(self.name)
+
+    def storage(self) -> StreamStorage:
+        """Scanner's storage backend of the stream: ``stream.storage().delete(sc, streams)``."""
+        return StreamStorage()
 
     @property
     def zarr_path(self) -> str:
@@ -111,7 +140,13 @@ class NamedStream:
         ``dask.array.from_zarr(path, component="frames")``."""
         return self.db.zarr_path(self.name)
 
-    def check_input(self) -> None:
+    @property
+    def token(self) -> str:
+        """The stored version's identity."""
+        manifest = self._manifest or self.manifest()
+        return f"stored-{self.name}-{manifest.get('version') or tokenize(manifest)}"
+
+    def check(self) -> None:
         self.manifest()
 
     def partition(self, rows: np.ndarray, partition_size: int | None) -> list[np.ndarray]:
@@ -124,13 +159,28 @@ class NamedStream:
     def read(self, rows: np.ndarray):
         return _read_stored(self.db, self.name, self._manifest or self.manifest(), 0, rows).elements
 
-    def task(self, stream: int, rows: np.ndarray) -> tuple:
-        return (_read_stored, self.db, self.name, self._manifest or self.manifest(), stream, rows)
+    def shared(self):
+        return self._manifest or self.manifest()
+
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
+        return (_read_stored, self.db, self.name, shared, stream, rows)
+
+    @property
+    def frame_shape(self) -> tuple | None:
+        frame = (self._manifest or self.manifest()).get("frame") or {}
+        return tuple(frame["shape"]) if frame.get("shape") else None
+
+    @property
+    def frame_bytes(self) -> int | None:
+        shape = self.frame_shape
+        return None if shape is None else int(np.prod(shape))
 
     def save_mp4(self, path: str, fps: float | None = None) -> str:
-        """Encode a stored frame stream to an H.264 mp4 at exactly ``path``."""
+        """Encode a stored frame stream to an H.264 mp4 at ``path`` (``.mp4`` added when it has
+        no extension); returns the path written."""
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         if self.type_name != "FrameType":
             raise ScannerTypeError(f"save_mp4 needs a frame stream; {self.name!r} holds {self.type_name}")
         encode_mp4((f for f in self.load() if f is not None), path, fps=fps or self.fps)
@@ -217,16 +267,20 @@ class NamedVideoStream(NamedStream):
         return (f for start in range(0, len(wanted), 64)  # bounded memory: a piece at a time
                 for f in self._file.read(wanted[start:start + 64]))
 
-    def delete(self) -> None:
+    def delete(self, sc=None) -> None:
         if self._file is None:
             return super().delete()
         self._file.forget()
 
-    def check_input(self) -> None:
+    @property
+    def token(self) -> str:
+        return self._file.token if self._file is not None else super().token
+
+    def check(self) -> None:
         if self._file is None:
-            super().check_input()
+            super().check()
         else:
-            self._file.index  # noqa: B018 - index now: a bad file fails at the call
+            self._file.check()
 
     def partition(self, rows, partition_size):
         if self._file is None:
@@ -237,14 +291,20 @@ class NamedVideoStream(NamedStream):
         return self._file.read(rows) if self._file is not None else super().read(rows)
 
     @property
-    def frame_shape(self) -> tuple[int, int, int] | None:
-        return self._file.frame_shape if self._file is not None else None
+    def frame_shape(self) -> tuple | None:
+        return self._file.frame_shape if self._file is not None else super().frame_shape
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
-             after: list | None = None) -> tuple:
+    @property
+    def frame_bytes(self) -> int | None:
+        return self._file.frame_bytes if self._file is not None else super().frame_bytes
+
+    def shared(self):
+        return self._file.shared() if self._file is not None else super().shared()
+
+    def read_task(self, stream: int, rows: np.ndarray, shared, out=None, after=None) -> tuple:
         if self._file is None:
-            return super().task(stream, rows)
-        return self._file.task(stream, rows, out, after)
+            return super().read_task(stream, rows, shared)
+        return self._file.read_task(stream, rows, shared, out, after)
 
     def follows(self, previous: np.ndarray, rows: np.ndarray) -> bool:
         """Whether partition `rows` continues the GOP `previous` ends in (video files only)."""
@@ -259,6 +319,7 @@ class NamedVideoStream(NamedStream):
             return super().save_mp4(path, fps)
         from ..video import encode_mp4
 
+        path = mp4_path(path)
         encode_mp4(self.load(), path, fps=fps or self.fps)
         return path
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 
 import numpy as np
 
 from ..errors import VideoError
-from ..plan import FRAME_PARTITION_BYTES
 from ..types import Batch
+from .base import Source, frame_partition_rows
 
 __all__ = ["VideoFileSource"]
 
@@ -31,8 +30,11 @@ def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, optio
     return Batch(stream, rows, frames, None, "FrameType")
 
 
-class VideoFileSource:
+class VideoFileSource(Source):
     """A video file, indexed by demuxing (cached), read a partition at a time.
+
+    Its token is the file's path, track, options, size and modification time; its index is
+    :meth:`shared`, one graph key every read task depends on (no task carries the index).
 
     ``track`` picks the file's video track (counting video tracks from 0); ``rotate`` turns
     frames as the file's display matrix says; ``resize`` scales every frame to the first
@@ -52,8 +54,16 @@ class VideoFileSource:
         self.track = int(track)
         self.options = {"rotate": bool(rotate), "resize": bool(resize)}
         self.label = f"NamedVideoStream {name!r}"
-        self.token = uuid.uuid4().hex
         self._index = None
+
+    @property
+    def token(self) -> str:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return f"video-{self.path}-missing"
+        return (f"video-{self.path}-{self.track}-{sorted(self.options.items())}-{stat.st_size}-"
+                f"{stat.st_mtime_ns}")
 
     @property
     def index(self):
@@ -79,9 +89,15 @@ class VideoFileSource:
         from ..video import plan_partitions
 
         if partition_size is None:
-            frame_bytes = self.index.width * self.index.height * 3
-            partition_size = max(1, FRAME_PARTITION_BYTES // max(1, frame_bytes))
+            partition_size = frame_partition_rows(self.frame_bytes)
         return plan_partitions(self.index, rows, partition_size)
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.index.width * self.index.height * 3
+
+    def check(self) -> None:
+        self.index  # noqa: B018 - index now: a bad file fails at the call
 
     def read(self, rows: np.ndarray) -> np.ndarray | list:
         return _read_video(self.index, self.name, 0, rows, None, self.options).elements
@@ -107,10 +123,13 @@ class VideoFileSource:
         """
         return self.index.keyframe_at_or_before(int(rows[0])) <= int(previous[-1])
 
-    def task(self, stream: int, rows: np.ndarray, out: np.ndarray | None = None,
-             after: list | None = None) -> tuple:
+    def shared(self):
+        return self.index
+
+    def read_task(self, stream: int, rows: np.ndarray, shared, out: np.ndarray | None = None,
+                  after: list | None = None) -> tuple:
         """The read task; ``after``: keys of tasks to run first (see :meth:`follows`)."""
-        return (_read_video, self.index, self.name, stream, rows, out, self.options, after)
+        return (_read_video, shared, self.name, stream, rows, out, self.options, after)
 
     def forget(self) -> None:
         """Drop the cached index (never the user's file)."""

@@ -1,8 +1,9 @@
-"""Built-in image ops: ``Resize``, ``ConvertColor``, ``Blur``, ``Histogram``, ``FrameDifference``.
+"""Image functions on arrays, for the CPU and a GPU alike: ``resize``, ``convert_color``,
+``blur``, ``histogram``, ``frame_difference``.
 
-``import scanner_nb.imgproc`` registers them. The first half of this module is pure array
-functions that take the array module ``xp`` (``numpy`` or ``cupy``) as a parameter, so the very
-same code runs on the CPU and on a GPU; the ops at the bottom are thin kernels around them.
+Each takes the array module ``xp`` (``numpy`` or ``cupy``) as a parameter, so the very same code
+runs on both; the ops (:mod:`.ops`) use them on a GPU, and OpenCV on the CPU (faster there).
+They are also the reference the OpenCV paths are tested against.
 
 Conventions (each function's docstring says more):
 
@@ -14,7 +15,7 @@ Conventions (each function's docstring says more):
   them, so cv2 may differ by 1 on a few pixels); ``bgr`` swaps channels.
 - ``blur`` is ``cv2.GaussianBlur`` with ``BORDER_REFLECT_101`` (``d c b | a b c d | c b a``).
 
-Cost per 1280×720 RGB frame, numpy on one AMD EPYC core, in batches of 16 (OpenCV 5, one
+Cost per 1280×720 RGB frame of these numpy paths on one AMD EPYC core, in batches of 16 (OpenCV 5, one
 thread, for scale): resize to 640×360 2.7 ms (0.23), to 1920×1080 25 ms (2.5); gray 1.4 ms
 (0.18); hsv 8 ms (0.7); bgr 0.9 ms (0.12); blur k=5 9.4 ms (0.95), k=21 26 ms (4.1);
 histogram 3.9 ms (0.7); frame_difference 0.75 ms (0.16). On the CPU, batches are processed a
@@ -35,12 +36,12 @@ from __future__ import annotations
 import math
 import operator
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from .devices import DeviceType, array_module, array_module_of, to_device, to_host
-from .errors import ScannerTypeError, ScannerValueError
+from ..devices import array_module_of
+from ..errors import ScannerTypeError, ScannerValueError
 
 __all__ = [
     "resize",
@@ -50,11 +51,6 @@ __all__ = [
     "histogram",
     "frame_difference",
     "CONVERSIONS",
-    "Resize",
-    "ConvertColor",
-    "Blur",
-    "Histogram",
-    "FrameDifference",
 ]
 
 CONVERSIONS = ("gray", "hsv", "bgr")
@@ -491,145 +487,3 @@ def frame_difference(prev: Any, cur: Any, xp: ModuleType | None = None) -> Any:
             f"frame_difference expects uint8 frames, got {prev.dtype} and {cur.dtype}"
         )
     return xp.maximum(prev, cur) - xp.minimum(prev, cur)
-
-
-# ---------------------------------------------------------------------------------------------
-# The ops
-# ---------------------------------------------------------------------------------------------
-
-from .kernel import Kernel, register_python_op  # noqa: E402  (the ops need the engine)
-from .types import FrameType  # noqa: E402
-
-_ANY_DEVICE = [(DeviceType.CPU, 1), (DeviceType.GPU, 1)]
-_BATCH = 32
-
-
-def _device_type(config: Any) -> DeviceType:
-    return getattr(config, "device_type", None) or DeviceType.CPU
-
-
-def _map_frames(function, frames: Any, xp: ModuleType) -> Any:
-    """Apply a batch function to an ``(m, H, W, C)`` array at once, or to a list frame by frame."""
-    frames = to_device(frames, xp)  # the identity when the engine already moved them
-    if hasattr(frames, "ndim") and frames.ndim == 4:
-        return function(frames)
-    return [function(frame) for frame in frames]
-
-
-@register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
-class Resize(Kernel):
-    """Bilinear resize of each frame to ``width`` × ``height`` (stream-config, one per stream).
-
-    Examples
-    --------
-    >>> small = sc.ops.Resize(frame=frames, width=[640], height=[360])  # doctest: +SKIP
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.xp = array_module(_device_type(config))
-
-    @classmethod
-    def check_args(cls, width, height):
-        _positive_int(width, "Resize width")
-        _positive_int(height, "Resize height")
-
-    def new_stream(self, width, height):
-        self.width = _positive_int(width, "Resize width")
-        self.height = _positive_int(height, "Resize height")
-
-    def execute(self, frame: Sequence[FrameType]) -> Sequence[FrameType]:
-        return _map_frames(lambda f: resize(f, self.width, self.height, self.xp), frame, self.xp)
-
-
-@register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
-class ConvertColor(Kernel):
-    """RGB to ``"gray"`` (``H×W×1``), ``"hsv"`` (OpenCV's scale) or ``"bgr"``, per stream.
-
-    Examples
-    --------
-    >>> gray = sc.ops.ConvertColor(frame=frames, conversion=["gray"])  # doctest: +SKIP
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.xp = array_module(_device_type(config))
-
-    @classmethod
-    def check_args(cls, conversion):
-        _check_conversion(conversion)
-
-    def new_stream(self, conversion):
-        self.conversion = _check_conversion(conversion)
-
-    def execute(self, frame: Sequence[FrameType]) -> Sequence[FrameType]:
-        return _map_frames(lambda f: convert_color(f, self.conversion, self.xp), frame, self.xp)
-
-
-@register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
-class Blur(Kernel):
-    """Gaussian blur with reflected borders; ``sigma <= 0`` derives it from ``kernel_size``.
-
-    Examples
-    --------
-    >>> soft = sc.ops.Blur(frame=frames, kernel_size=5, sigma=1.5)  # doctest: +SKIP
-    """
-
-    @classmethod
-    def check_args(cls, kernel_size, sigma=0.0):
-        gaussian_kernel(kernel_size, sigma)
-
-    def __init__(self, config, kernel_size: int, sigma: float = 0.0):
-        super().__init__(config)
-        self.xp = array_module(_device_type(config))
-        gaussian_kernel(kernel_size, sigma)  # validates both
-        self.kernel_size, self.sigma = int(kernel_size), float(sigma)
-
-    def execute(self, frame: Sequence[FrameType]) -> Sequence[FrameType]:
-        return _map_frames(lambda f: blur(f, self.kernel_size, self.sigma, self.xp), frame, self.xp)
-
-
-@register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
-class Histogram(Kernel):
-    """Per-channel histograms, one ``int64`` ``3×bins`` numpy array per frame.
-
-    The counts are computed where the frames are and returned on the host (one small copy per
-    batch on a GPU).
-
-    Examples
-    --------
-    >>> hists = sc.ops.Histogram(frame=frames, bins=16)  # doctest: +SKIP
-    """
-
-    @classmethod
-    def check_args(cls, bins=16):
-        _positive_int(bins, "Histogram bins")
-
-    def __init__(self, config, bins: int = 16):
-        super().__init__(config)
-        self.xp = array_module(_device_type(config))
-        self.bins = _positive_int(bins, "Histogram bins")
-
-    def execute(self, frame: Sequence[FrameType]) -> Sequence[Any]:
-        counts = to_host(_map_frames(lambda f: histogram(f, self.bins, self.xp), frame, self.xp))
-        return list(counts)
-
-
-@register_python_op(device_sets=_ANY_DEVICE, stencil=[-1, 0])
-class FrameDifference(Kernel):
-    """Absolute difference of each frame and the one before it (zero at a stream's first row).
-
-    Examples
-    --------
-    >>> motion = sc.ops.FrameDifference(frame=frames)  # doctest: +SKIP
-    """
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.xp = array_module(_device_type(config))
-
-    def execute(self, frame: Sequence[FrameType]) -> FrameType:
-        prev, cur = to_device(list(frame), self.xp)
-        if prev is None:  # a null before this row: nothing to compare with
-            prev = cur
-        return frame_difference(prev, cur, self.xp)
