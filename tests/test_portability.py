@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import scanner_nb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(scanner_nb.__file__)))
@@ -38,8 +36,6 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=False, reason="runtime.py imports fcntl at module top until the engine "
-                                        "change to filelock is merged (issue 15)")
 def test_imports_and_computes_without_fcntl(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
