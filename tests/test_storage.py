@@ -36,7 +36,7 @@ from scanner_nb.errors import (
     StorageError,
     StreamNotFoundError,
 )
-from scanner_nb.storage import Database, default_db_path, validate_name
+from scanner_nb.storage import DEFAULT_CRF, Database, default_db_path, validate_name
 from scanner_nb.storage import commit as commit_
 from scanner_nb.storage import fs as storage_fs
 from scanner_nb.types import Batch
@@ -213,7 +213,7 @@ def test_scanner_spelling_of_the_stored_stream_classes():
 def test_frames_are_video_by_default_psnr_and_size(db, clip_frames):
     store(db, "clip", clip_frames, "FrameType", chunk_rows=16)
     m = db.manifest("clip")
-    assert m["layout"] == "video" and m["num_chunks"] == 3 and m["storage"]["crf"] == 20
+    assert m["layout"] == "video" and m["num_chunks"] == 3 and m["storage"]["crf"] == DEFAULT_CRF
     assert m["frame"] == {"shape": [192, 320, 3], "dtype": "|u1"}
     assert sorted(os.listdir(version_path(db, "clip"))) == ["0.mp4", "1.mp4", "2.mp4"]
     back = np.stack(list(db.load("clip")))
@@ -640,7 +640,8 @@ def _rewrite_manifest(db, name, change):
     (lambda m: m["chunks"][0].update(shape=[-1, 4, 3]), "shape"),
     (lambda m: m["chunks"][0].update(dtype="O"), "dtype"),
     (lambda m: m["chunks"][0].update(rows=5), "rows"),
-    (lambda m: m["chunks"][0].update(sha256="00"), "SHA-256"),
+    (lambda m: m["chunks"][0].update(checksum="00"), "checksum"),
+    (lambda m: m["chunks"][0].update(checksum="sha256:" + "0" * 32), "checksum"),
     (lambda m: m.update(version="../../escape"), "version"),
     (lambda m: m.update(run="../x"), "run"),
     (lambda m: m.update(type="os.system('x')"), "type"),
@@ -727,6 +728,34 @@ def test_pickles_someone_else_stored_do_not_run(tmp_path):
     assert not marker.exists()
     trusting = Database(url, key_file=str(tmp_path / "reader.key"), trust_pickle=True)
     assert list(trusting.load("objs"))[1] == "payload" and marker.exists()
+
+
+def test_a_pickle_under_a_plain_chunks_checksum_does_not_run(tmp_path):
+    """Plain chunks have a fast (not collision-resistant) XXH3 checksum, pickled ones SHA-256:
+    a pickle slipped into a plain chunk of a stream this user signed is refused even if its
+    XXH3 matched (simulated by re-signing the manifest with the new file's checksum)."""
+    from scanner_nb.storage import codecs
+    from scanner_nb.storage.manifest import sign
+
+    marker = tmp_path / "marker"
+    db = Database(str(tmp_path / "db"), key_file=str(tmp_path / "me.key"))
+    store(db, "objs", [1, 2, Payload(str(marker))], "Any", chunk_rows=2)
+    chunks = db.manifest("objs")["chunks"]
+    assert chunks[0]["checksum"].startswith("xxh3_128:") and not chunks[0]["pickled"]
+    assert chunks[1]["checksum"].startswith("sha256:") and chunks[1]["pickled"]
+    forged, _ = codecs.encode_elements([Payload(str(marker)), 2], "Any", None)
+    pathlib.Path(version_path(db, "objs"), "0.elements").write_bytes(forged)
+
+    def collide(m):
+        m["chunks"][0]["checksum"] = codecs.checksum(forged)
+        m["signature"] = sign(m, db.key)
+
+    _rewrite_manifest(db, "objs", collide)
+    assert db.manifest("objs")["signed"]
+    with pytest.raises(StorageError, match=r"chunk 0 \(rows 0 to 1\) of stream 'objs' is "
+                                           r"corrupt: it holds pickled rows"):
+        list(db.load("objs"))
+    assert not marker.exists()
 
 
 def test_own_pickles_load_and_client_opt_in(tmp_path):

@@ -43,6 +43,7 @@ from ..types import Batch
 from . import codecs
 from . import fs as fs_
 from .manifest import (
+    FORMAT_VERSION,
     MANIFEST,
     RUNS,
     VERSION_RE,
@@ -301,7 +302,7 @@ class StreamWriter:
     def write_chunk(self, k: int, batch: Batch) -> dict:
         """Write chunk ``k`` (rows ``k*chunk_rows`` ...) and return its info for the commit:
         ``k``, ``rows``, ``encoding``, ``shape``/``dtype`` (shared by its rows, else ``None``),
-        ``nulls``, ``nbytes``, ``sha256``, ``pickled``."""
+        ``nulls``, ``nbytes``, ``checksum``, ``pickled``."""
         k = int(k)
         if not 0 <= k < self.num_chunks:
             raise ScannerValueError(
@@ -347,7 +348,7 @@ class StreamWriter:
             ) from None
         except OSError as exc:
             raise fs_.write_error(f"chunk {k} of stream {self.name!r}", exc) from exc
-        info.update(nbytes=len(data), sha256=codecs.checksum(data))
+        info.update(nbytes=len(data), checksum=codecs.checksum(data, secure=info["pickled"]))
         return info
 
     def _check_infos(self, chunk_infos) -> list[dict]:
@@ -407,13 +408,13 @@ class StreamWriter:
                                f"are missing")
         layout, frame = self._layout(infos)
         manifest = {
-            "format": "scanner_nb.stream", "format_version": 2, "name": self.name,
+            "format": "scanner_nb.stream", "format_version": FORMAT_VERSION, "name": self.name,
             "type": self.type_name, "length": self.length, "chunk_rows": self.chunk_rows,
             "num_chunks": self.num_chunks, "version": self.version, "layout": layout,
             "frame": frame, "storage": self.storage, "fps": self.fps,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "chunks": [{key: i[key] for key in ("encoding", "rows", "shape", "dtype", "nulls",
-                                                 "nbytes", "sha256", "pickled")} for i in infos],
+                                                 "nbytes", "checksum", "pickled")} for i in infos],
         }
         for key, value in (metadata or {}).items():
             manifest.setdefault(key, value)

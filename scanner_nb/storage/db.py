@@ -12,13 +12,15 @@ Layout::
         lock.json                          only while staging: owner and heartbeat
 
 Reading checks everything from disk first (:mod:`~scanner_nb.storage.manifest`), verifies
-each chunk's SHA-256 before decoding it, and loads pickled elements only from streams this
+each chunk's checksum before decoding it (:func:`~scanner_nb.storage.codecs.checksum`), and loads pickled elements only from streams this
 user committed (their manifest carries this user's signature) unless the database was opened
 with ``trust_pickle=True``.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import os
 import secrets
 import time
@@ -151,7 +153,7 @@ class Database:
         Keys: ``name``, ``type``, ``length``, ``chunk_rows``, ``num_chunks``, ``version`` (its
         folder), ``run``, ``layout`` (``"video"``, ``"zarr"``, ``"elements"`` or ``"mixed"``),
         ``chunks`` (per chunk: ``encoding``, ``rows``, ``shape``, ``dtype``, ``nulls``,
-        ``nbytes``, ``sha256``, ``pickled``), ``frame`` (``{"shape", "dtype"}`` when all
+        ``nbytes``, ``checksum``, ``pickled``), ``frame`` (``{"shape", "dtype"}`` when all
         non-null frames share them), ``nulls``, ``nbytes``, ``fps``, ``storage``, ``created``,
         ``signed`` (committed by this user).
 
@@ -325,7 +327,7 @@ class Database:
         key = codecs.chunk_key(info["encoding"], k, array, 1 + len(info["shape"] or ()))
         path = fs_.join(self._version_dir(name, manifest), key)
         data = self._read_file(name, manifest, path, where)
-        if codecs.checksum(data) != info["sha256"]:
+        if not codecs.verify(data, info["checksum"]):
             raise StorageError(f"{where} is corrupt: {path} does not match the checksum in "
                                f"its manifest")
         try:
@@ -339,7 +341,7 @@ class Database:
             builtin = manifest["type"] in ("FrameType", "bytes", "Any")
             elements = codecs.decode_elements(
                 data, n, None if builtin else stream_type.deserialize,
-                lambda: self._allow_pickle(name, manifest))
+                lambda: self._allow_pickle(name, manifest, info, where))
         except ValueError as exc:
             raise StorageError(f"{where} is corrupt: {exc}") from None
         null_mask = np.fromiter((e is None for e in elements), dtype=bool, count=n)
@@ -348,7 +350,10 @@ class Database:
             return stack_elements(elements, True), None
         return elements, nulls
 
-    def _allow_pickle(self, name: str, manifest: dict) -> None:
+    def _allow_pickle(self, name: str, manifest: dict, info: dict, where: str) -> None:
+        if not info["pickled"]:  # only chunks listed as pickled have a SHA-256 checksum
+            raise StorageError(f"{where} is corrupt: it holds pickled rows, its manifest "
+                               f"says it does not")
         if manifest.get("signed") or self.trust_pickle:
             return
         raise StorageError(
@@ -415,18 +420,35 @@ class Database:
     def _iter(self, name: str, manifest: dict, rows: list[int] | None) -> Iterator:
         chunk_rows = manifest["chunk_rows"]
         if rows is None:
-            for k in range(manifest["num_chunks"]):
-                yield from self._read_chunk(name, manifest, k)[0]
+            for chunk in self._read_ahead(name, manifest, range(manifest["num_chunks"])):
+                yield from chunk
             return
-        cached_k, cached = -1, None
-        for r in rows:
-            k = r // chunk_rows
-            if k != cached_k:
-                cached_k, cached = k, self._read_chunk(name, manifest, k)[0]
-            element = cached[r - k * chunk_rows]
-            # a frame is a view of its chunk: copy, so a few kept frames do not keep chunks
-            yield element.copy() if isinstance(cached, np.ndarray) else element
+        runs = [(k, list(group)) for k, group in itertools.groupby(rows, lambda r: r // chunk_rows)]
+        chunks = self._read_ahead(name, manifest, [k for k, _ in runs])
+        for (k, group), chunk in zip(runs, chunks):
+            for r in group:
+                element = chunk[r - k * chunk_rows]
+                # a frame is a view of its chunk: copy, so a few kept frames do not keep chunks
+                yield element.copy() if isinstance(chunk, np.ndarray) else element
 
+    def _read_ahead(self, name: str, manifest: dict, ks) -> Iterator:
+        """The elements of chunks ``ks`` in order. Once the caller has gone past the first
+        chunk (so a caller taking a few rows reads one chunk), the next chunk is read,
+        verified and decoded in a background thread while the caller uses the current one
+        (decoders and checksums release the GIL). Errors surface at the chunk they belong to."""
+        ks = list(ks)
+        if not ks:
+            return
+        yield self._read_chunk(name, manifest, ks[0])[0]
+        if len(ks) == 1:
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scanner_nb-load") as pool:
+            future = pool.submit(self._read_chunk, name, manifest, ks[1])
+            for k in ks[2:] + [None]:
+                elements = future.result()[0]
+                if k is not None:
+                    future = pool.submit(self._read_chunk, name, manifest, k)
+                yield elements
 
 def _mtime(entry: dict) -> float:
     value = entry.get("mtime") or entry.get("created") or entry.get("LastModified") or 0

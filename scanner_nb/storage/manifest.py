@@ -1,7 +1,7 @@
 """The manifest of a stored stream: what it says, how it is checked, signed and resolved.
 
 ``<db>/<name>/manifest.json`` names the stream's version folder, its type, length, chunking,
-and per chunk the encoding, shape, dtype and SHA-256. It also names the run that wrote it:
+and per chunk the encoding, shape, dtype and checksum (XXH3-128, or SHA-256 for pickled rows). It also names the run that wrote it:
 a run is committed once its record ``<db>/.runs/<run>.json`` exists (written after every
 output's manifest), and until then the manifest's ``previous`` (the stream as it was before
 the run, or nothing) is what readers see. So a run killed, or failing on a full disk, between
@@ -47,11 +47,11 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 RUNS = ".runs"  # names starting with "." are never stream names
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 VERSION_RE = re.compile(r"v-\d{8}T\d{6}-[0-9a-f]{12}(\.zarr)?")
 RUN_RE = re.compile(r"r-\d{8}T\d{6}-[0-9a-f]{12}")
 _TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,199}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CHECKSUM_RE = re.compile(r"xxh3_128:[0-9a-f]{32}|sha256:[0-9a-f]{64}")
 _ENCODINGS = ("video", "zarr", "elements")
 _LAYOUTS = ("video", "zarr", "elements", "mixed")
 _MAX_CHUNK_BYTES = 2**34  # 16 GiB of decoded rows in one chunk
@@ -167,10 +167,12 @@ def validate(raw, name: str, where: str, nested: bool = False) -> dict:
             raise bad(f"{what} has no valid encoding")
         if chunk.get("rows") != rows:
             raise bad(f"{what} holds {chunk.get('rows')!r} rows, {rows} expected")
-        sha = chunk.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
-            raise bad(f"{what} has no SHA-256")
-        entry = {"encoding": chunk["encoding"], "rows": rows, "sha256": sha,
+        digest = chunk.get("checksum")
+        if not isinstance(digest, str) or not _CHECKSUM_RE.fullmatch(digest):
+            raise bad(f"{what} has no valid checksum")
+        if chunk.get("pickled") is True and not digest.startswith("sha256:"):
+            raise bad(f"{what} holds pickled rows but no SHA-256")
+        entry = {"encoding": chunk["encoding"], "rows": rows, "checksum": digest,
                  "nulls": _int(chunk.get("nulls", 0), 0, rows, f"{what} nulls", bad),
                  "nbytes": _int(chunk.get("nbytes", 0), 0, 2**50, f"{what} nbytes", bad),
                  "pickled": chunk.get("pickled") is True, "shape": None, "dtype": None}
