@@ -38,6 +38,7 @@ from ..errors import (
     StreamExistsError,
     StreamNotFoundError,
 )
+from ..log import get_logger
 from ..types import Batch
 from . import codecs
 from . import fs as fs_
@@ -71,6 +72,7 @@ STALE_AFTER = 300.0
 #: How often (seconds) a process writing chunks refreshes its staging version's heartbeat.
 HEARTBEAT_EVERY = 60.0
 TMP_PREFIX = ".tmp-"
+_log = get_logger("storage")
 
 _HOST = socket.gethostname()
 _OWNED: weakref.WeakValueDictionary[str, StreamWriter] = weakref.WeakValueDictionary()
@@ -198,6 +200,9 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
             continue
         fs_.rmtree(fs, full)
         removed.append(base)
+    if removed:
+        _log.info("stream %r: swept %d version(s) nothing reads any more (replaced, or left by "
+                  "failed runs): %s", name, len(removed), ", ".join(removed))
     return removed
 
 
