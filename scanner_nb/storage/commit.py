@@ -79,6 +79,7 @@ _OWNED: weakref.WeakValueDictionary[str, StreamWriter] = weakref.WeakValueDictio
 _HEARTBEATS: dict[str, float] = {}
 _PINNED: collections.Counter = collections.Counter()
 _STATE_LOCK = threading.Lock()
+_UNPINNED: collections.deque = collections.deque()  # unpins not applied yet (see unpin)
 
 
 def _stamp() -> str:
@@ -93,14 +94,33 @@ def new_version(zarr: bool) -> str:
 def pin(path: str) -> None:
     """Keep the version folder ``path`` from being swept while this process uses it."""
     with _STATE_LOCK:
+        _drain_unpins()
         _PINNED[path] += 1
 
 
 def unpin(path: str) -> None:
-    with _STATE_LOCK:
+    """Release one :func:`pin` of ``path``.
+
+    Readers unpin from ``weakref.finalize`` callbacks, which the garbage collector may run at
+    any allocation, even one made while this thread holds ``_STATE_LOCK``: so this never takes
+    the lock; the release is queued and applied by the next holder of the lock.
+    """
+    _UNPINNED.append(path)
+
+
+def _drain_unpins() -> None:
+    """Apply queued :func:`unpin` calls; the caller holds ``_STATE_LOCK``."""
+    while _UNPINNED:
+        path = _UNPINNED.popleft()
         _PINNED[path] -= 1
         if _PINNED[path] <= 0:
             del _PINNED[path]
+
+
+def _is_pinned(path: str) -> bool:
+    with _STATE_LOCK:
+        _drain_unpins()
+        return path in _PINNED
 
 
 # ---------------------------------------------------------------------------- staging locks
@@ -189,7 +209,7 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
             except FileNotFoundError:
                 pass
             continue
-        if not VERSION_RE.fullmatch(base) or (full in _PINNED and not include_open):
+        if not VERSION_RE.fullmatch(base) or (not include_open and _is_pinned(full)):
             continue
         if not _is_leftover(fs, full, stale_after):
             continue
