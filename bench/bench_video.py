@@ -43,7 +43,7 @@ import numpy as np
 
 import scanner_nb as sp
 from scanner_nb import video
-from scanner_nb.samples import frame_index, make_video
+from scanner_nb.samples import frame_index
 from benchlib import clip
 
 # ----------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ class Client:
     trust_pickle : bool
         Load pickled elements of stored streams this user did not store (a shared db).
         Off by default: unpickling runs code chosen by whoever wrote them.
+    storage_options : dict, optional
+        fsspec's options for ``db_path`` and for video inputs given by URL (``s3://...``):
+        an endpoint, credentials, ... They travel with the graph, so every worker reads and
+        writes the store with them (no environment to set on each worker).
 
     Examples
     --------
@@ -59,12 +63,16 @@ class Client:
 
     def __init__(self, address: Any = None, db_path: str | None = None,
                  partition_size: int | None = None, show_progress: bool = True,
-                 trust_pickle: bool = False):
+                 trust_pickle: bool = False, storage_options: dict | None = None):
         if partition_size is not None and (isinstance(partition_size, bool) or not isinstance(
                 partition_size, int) or partition_size < 1):
             raise ScannerValueError(f"partition_size must be an int >= 1, got {partition_size!r}")
         self.session = Session(address, show_progress)
         self.partition_size = partition_size
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise ScannerTypeError(
+                f"storage_options must be a dict, got {type(storage_options).__name__}")
+        self.storage_options = dict(storage_options or {})
         self._db_path = db_path
         self._trust_pickle = bool(trust_pickle)
         self._db = None
@@ -81,9 +89,12 @@ class Client:
     def db(self):
         """The database of stored streams (``db_path``)."""
         if self._db is None:
+            from .fsio import check_access
             from .storage import Database, default_db_path
 
-            self._db = Database(self._db_path or default_db_path(),
+            url = self._db_path or default_db_path()
+            check_access(url, self.storage_options)  # no credentials: say so before any work
+            self._db = Database(url, storage_options=self.storage_options,
                                 trust_pickle=self._trust_pickle)
         return self._db
 

@@ -37,6 +37,9 @@ from typing import Any
 import numpy as np
 
 from .errors import DeviceUnavailableError, ScannerTypeError, ScannerValueError
+from .log import get_logger
+
+_log = get_logger("devices")
 
 __all__ = [
     "DeviceType",
@@ -274,6 +277,9 @@ def choose_device(
     if DeviceType.GPU in kinds and gpu_usable:
         return DeviceType.GPU
     if DeviceType.CPU in kinds:
+        if DeviceType.GPU in kinds:
+            _log.info("op %r falls back to the CPU: no GPU is usable where the graph runs%s",
+                      op_name, f" ({reason})" if reason else "")
         return DeviceType.CPU
     why = f" ({reason})" if reason else ""
     raise DeviceUnavailableError(

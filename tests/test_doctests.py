@@ -4,7 +4,7 @@ import doctest
 
 import pytest
 
-from scanner_nb import client, graph, names, plan, run, session, streamops, types
+from scanner_nb import client, names, plan, run, session, streamops, types
 from scanner_nb.sources import base, memory, stored
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import typing
 from typing import Any, Sequence, Tuple
 
 import dask

@@ -1113,3 +1113,30 @@ def test_docstring_examples():
     for module in (codecs, db_module, fs):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted >= 2
+
+
+def test_a_reader_released_by_the_garbage_collector_under_the_state_lock_does_not_deadlock():
+    """Readers unpin their version from weakref finalizers, which can run at any allocation,
+    including one made while this thread holds the storage state lock (it hung the suite)."""
+    import threading
+    import weakref
+
+    from scanner_nb.storage import commit
+
+    class Reader:
+        pass
+
+    path = "/nowhere/db/clip/v-20260101T000000-000000000000"
+
+    def release_under_lock():
+        commit.pin(path)
+        reader = Reader()
+        weakref.finalize(reader, commit.unpin, path)
+        with commit._STATE_LOCK:
+            del reader  # the finalizer runs here, inside the lock
+
+    worker = threading.Thread(target=release_under_lock, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "unpin blocked on the lock its own thread holds"
+    assert not commit._is_pinned(path)

@@ -235,9 +235,12 @@ class NamedVideoStream(NamedStream):
     def __init__(self, sc, name: str, path: str | os.PathLike | None = None, *,
                  stream_index: int = 0, rotate: bool = True, resize: bool = False):
         super().__init__(sc, name)
-        self.path = None if path is None else os.path.abspath(os.fspath(path))
+        from ..fsio import location
+
+        self.path = None if path is None else location(path)  # a URL is kept as given
         self._file = None if path is None else VideoFileSource(
-            self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize)
+            self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize,
+            storage_options=sc.storage_options)
 
     @property
     def type_name(self) -> str:
@@ -254,7 +257,17 @@ class NamedVideoStream(NamedStream):
         return self._file.metadata
 
     def exists(self) -> bool:
-        return os.path.exists(self.path) if self._file is not None else super().exists()
+        if self._file is None:
+            return super().exists()
+        from ..fsio import file_stat, is_url
+
+        if not is_url(self.path):
+            return os.path.exists(self.path)
+        try:
+            file_stat(self.path, self._client.storage_options)
+        except FileNotFoundError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._file) if self._file is not None else super().__len__()

@@ -44,9 +44,12 @@ class VideoFileSource(Source):
     type_name = "FrameType"
 
     def __init__(self, name: str, path: str, cache_dir: str | None, track: int = 0,
-                 rotate: bool = True, resize: bool = False):
+                 rotate: bool = True, resize: bool = False, storage_options: dict | None = None):
+        from ..fsio import location
+
         self.name = name
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = location(path)  # a URL (s3://...) is read on the workers with these options
+        self.storage_options = storage_options
         self.cache_dir = cache_dir
         self.track = int(track)
         self.options = {"rotate": bool(rotate), "resize": bool(resize)}
@@ -69,7 +72,8 @@ class VideoFileSource(Source):
             from ..video import index_video
 
             try:
-                self._index = index_video(self.path, self.cache_dir, self.track)
+                self._index = index_video(self.path, self.cache_dir, self.track,
+                                          storage_options=self.storage_options)
             except VideoError as exc:  # name the stream as well as the file
                 raise type(exc)(f"NamedVideoStream {self.name!r}: {exc}") from None
         return self._index

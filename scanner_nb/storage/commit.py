@@ -38,6 +38,7 @@ from ..errors import (
     StreamExistsError,
     StreamNotFoundError,
 )
+from ..log import get_logger
 from ..types import Batch
 from . import codecs
 from . import fs as fs_
@@ -71,12 +72,14 @@ STALE_AFTER = 300.0
 #: How often (seconds) a process writing chunks refreshes its staging version's heartbeat.
 HEARTBEAT_EVERY = 60.0
 TMP_PREFIX = ".tmp-"
+_log = get_logger("storage")
 
 _HOST = socket.gethostname()
 _OWNED: weakref.WeakValueDictionary[str, StreamWriter] = weakref.WeakValueDictionary()
 _HEARTBEATS: dict[str, float] = {}
 _PINNED: collections.Counter = collections.Counter()
 _STATE_LOCK = threading.Lock()
+_UNPINNED: collections.deque = collections.deque()  # unpins not applied yet (see unpin)
 
 
 def _stamp() -> str:
@@ -91,14 +94,33 @@ def new_version(zarr: bool) -> str:
 def pin(path: str) -> None:
     """Keep the version folder ``path`` from being swept while this process uses it."""
     with _STATE_LOCK:
+        _drain_unpins()
         _PINNED[path] += 1
 
 
 def unpin(path: str) -> None:
-    with _STATE_LOCK:
+    """Release one :func:`pin` of ``path``.
+
+    Readers unpin from ``weakref.finalize`` callbacks, which the garbage collector may run at
+    any allocation, even one made while this thread holds ``_STATE_LOCK``: so this never takes
+    the lock; the release is queued and applied by the next holder of the lock.
+    """
+    _UNPINNED.append(path)
+
+
+def _drain_unpins() -> None:
+    """Apply queued :func:`unpin` calls; the caller holds ``_STATE_LOCK``."""
+    while _UNPINNED:
+        path = _UNPINNED.popleft()
         _PINNED[path] -= 1
         if _PINNED[path] <= 0:
             del _PINNED[path]
+
+
+def _is_pinned(path: str) -> bool:
+    with _STATE_LOCK:
+        _drain_unpins()
+        return path in _PINNED
 
 
 # ---------------------------------------------------------------------------- staging locks
@@ -187,7 +209,7 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
             except FileNotFoundError:
                 pass
             continue
-        if not VERSION_RE.fullmatch(base) or (full in _PINNED and not include_open):
+        if not VERSION_RE.fullmatch(base) or (not include_open and _is_pinned(full)):
             continue
         if not _is_leftover(fs, full, stale_after):
             continue
@@ -198,6 +220,9 @@ def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
             continue
         fs_.rmtree(fs, full)
         removed.append(base)
+    if removed:
+        _log.info("stream %r: swept %d version(s) nothing reads any more (replaced, or left by "
+                  "failed runs): %s", name, len(removed), ", ".join(removed))
     return removed
 
 

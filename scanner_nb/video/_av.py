@@ -12,10 +12,17 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ..errors import VideoError
+from ..errors import VideoError, VideoNotFoundError
+from ..fsio import is_url, open_binary
 
 #: Exceptions PyAV raises for bad input (FFmpegError derives from OSError / ValueError subclasses).
 AV_ERRORS: tuple[type[BaseException], ...] = (av.FFmpegError, OSError, ValueError, EOFError)
+
+#: PyAV 18 decodes container metadata strictly unless told otherwise; from 19 on it never fails
+#: on metadata (undecodable bytes are escaped) and takes no such option.
+_OPEN_OPTIONS: dict[str, str] = (
+    {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+)
 
 
 def describe(e: BaseException) -> str:
@@ -24,10 +31,18 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if type(e).__name__ not in msg else msg
 
 
-def open_container(path: str) -> Any:
-    """Open ``path`` for reading with PyAV; a failure is a :class:`VideoError` naming it."""
+def open_container(path: str, storage_options: dict | None = None) -> Any:
+    """Open ``path`` for reading with PyAV; a failure is a :class:`VideoError` naming it.
+
+    A URL (``s3://...``) is read through an fsspec file object opened with
+    ``storage_options``; PyAV keeps it, and it is closed when the container lets go of it.
+    """
     try:
-        return av.open(path, mode="r", metadata_errors="ignore")
+        source = open_binary(path, storage_options) if is_url(path) else path
+    except FileNotFoundError:
+        raise VideoNotFoundError(f"video file not found: {path!r}") from None
+    try:
+        return av.open(source, mode="r", **_OPEN_OPTIONS)
     except AV_ERRORS as e:
         raise VideoError(f"cannot open {path!r} as a video: {describe(e)}") from None
 

@@ -24,6 +24,8 @@ import av
 import numpy as np
 
 from ..errors import ScannerTypeError, ScannerValueError, VideoError
+from ..fsio import location
+from ..log import get_logger
 from ._av import AV_ERRORS, Converter, describe, open_container
 from .index import VideoIndex, _stat, orient
 
@@ -33,6 +35,7 @@ __all__ = ["read_frames", "decode_stats", "reset_decode_stats", "close_readers",
 _MAX_READERS_PER_FILE = max(4, os.cpu_count() or 1)
 _MAX_FILES_WITH_IDLE_READERS = 16
 _SEEK_RETRIES = 3
+_log = get_logger("video")
 
 #: Files of at most this many frames decode single-threaded: starting FFmpeg's frame threads
 #: costs more than they save on a short clip (``bench/bench_video.py``, short clips row).
@@ -103,7 +106,7 @@ class _Reader:
 
     def _open(self) -> None:
         index = self.index
-        self.container = open_container(index.path)
+        self.container = open_container(index.path, index.storage_options)
         self.at_start = True  # nothing demuxed yet: decoding starts at the first packet
         try:
             self.stream = self.container.streams[index.stream_index]
@@ -260,6 +263,8 @@ class _Reader:
                             continue  # before decoding (re)starts at a keyframe: not trusted
                         if r > target and attempt < _SEEK_RETRIES:
                             attempt += 1  # landed past the keyframe: seek further back
+                            _log.debug("%r: a seek for row %d landed past its keyframe; seeking "
+                                       "further back (attempt %d)", index.path, target, attempt)
                             self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
                             continue
                         fresh = False
@@ -372,7 +377,7 @@ def close_readers(path: str | os.PathLike | None = None) -> None:
     Readers in use by another thread are left alone. The next :func:`read_frames` opens the
     file again.
     """
-    _pool.close(None if path is None else os.path.abspath(os.fspath(path)))
+    _pool.close(None if path is None else location(path))
 
 
 def _read(index: VideoIndex, rows: np.ndarray, target: np.ndarray, rotate: bool,
@@ -476,7 +481,7 @@ def read_frames(
         (len(rows_a), height, width, 3), dtype=np.uint8)
     odd: dict[int, np.ndarray] = {}
     if len(rows_a):
-        st = _stat(index.path)  # a file removed since indexing is "not found", not "corrupt"
+        st = _stat(index.path, index.storage_options)  # a file removed since indexing is "not found", not "corrupt"
         if index.size and (st.st_size, st.st_mtime_ns) != (index.size, index.mtime_ns):
             raise VideoError(
                 f"video file {index.path!r} changed since it was indexed; index it again"

@@ -18,13 +18,17 @@ from typing import Any
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 
 from ..errors import RowIndexError, ScannerValueError, VideoError, VideoNotFoundError
+from ..fsio import file_stat, is_url, location
+from ..log import get_logger
 from ._av import AV_ERRORS, describe, open_container, video_track
 
 __all__ = ["VideoIndex", "index_video", "index_cache_path", "orient"]
 
 _CACHE_VERSION = 2
+_log = get_logger("video")
 
 
 def _frozen_int64(a: Any) -> np.ndarray:
@@ -76,6 +80,9 @@ class VideoIndex:
     damaged : bool
         Packets were flagged corrupt or the file ends in damaged data: decode it
         single-threaded, so the same frames are found damaged every time.
+    storage_options : dict
+        For a URL (``s3://...``): the fsspec options it is opened with; they travel with the
+        index to the workers.
 
     Examples
     --------
@@ -101,6 +108,7 @@ class VideoIndex:
     by_order: bool = False
     keyframe_pos: np.ndarray | None = None
     damaged: bool = False
+    storage_options: dict = field(default_factory=dict, repr=False, compare=False)
     _key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -251,7 +259,12 @@ def _orientation(matrix: np.ndarray) -> tuple[int, bool]:
     return round(degrees / 90) % 4 * 90, hflip
 
 
-def _stat(path: str) -> os.stat_result:
+def _stat(path: str, storage_options: dict | None = None) -> os.stat_result:
+    if is_url(path):
+        try:
+            return file_stat(path, storage_options)  # type: ignore[return-value]
+        except FileNotFoundError:
+            raise VideoNotFoundError(f"video file not found: {path!r}") from None
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -264,7 +277,7 @@ def _stat(path: str) -> os.stat_result:
 
 
 def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                track: int = 0) -> VideoIndex:
+                track: int = 0, storage_options: dict | None = None) -> VideoIndex:
     """Index a video file by demuxing it: frame timestamps and keyframes, no decoding.
 
     The frame count and the rows come from the packets, not from container metadata, so they
@@ -279,11 +292,13 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     Parameters
     ----------
     path : str or os.PathLike
-        The video file.
+        The video file: a path, or an fsspec URL (``s3://bucket/movie.mp4``).
     cache_dir : str or os.PathLike, optional
         Folder for cached indexes (created if needed). ``None``: no cache.
     track : int
         Which video track, counting the file's video tracks from 0.
+    storage_options : dict, optional
+        For a URL: fsspec's options (endpoint, credentials), kept in the index.
 
     Returns
     -------
@@ -305,25 +320,28 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     >>> len(index), index.width, index.height, index.fps, index.keyframes.tolist()
     (30, 160, 96, 24.0, [0, 10, 20])
     """
-    abspath = os.path.abspath(os.fspath(path))
+    abspath = location(path)
     track = int(track)
-    st = _stat(abspath)
+    options = dict(storage_options or {}) if is_url(abspath) else {}
+    st = _stat(abspath, options)
     cache_file = None
     if cache_dir is not None:
         cache_file = index_cache_path(abspath, cache_dir, track)
-        cached = _load_cached_index(cache_file, abspath, st, track)
+        cached = _load_cached_index(cache_file, abspath, st, track, options)
         if cached is not None:
+            _log.debug("index of %r read from the cache %r", abspath, cache_file)
             return cached
-    index = _demux_index(abspath, st, track)
+    index = _demux_index(abspath, st, track, options)
     if cache_file is not None:
         _save_cached_index(cache_file, index, track)
+        _log.debug("indexed %r (%d frames), cached in %r", abspath, len(index), cache_file)
     return index
 
 
 def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike,
                      track: int = 0) -> str:
     """Where :func:`index_video` caches the index of ``path`` (video ``track``) in ``cache_dir``."""
-    abspath = os.path.abspath(os.fspath(path))
+    abspath = location(path)
     key = abspath if not track else f"{abspath}#{int(track)}"
     digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
     return os.path.join(os.fspath(cache_dir), digest + ".vidx.npz")
@@ -334,7 +352,7 @@ _META_FIELDS = ("width", "height", "fps", "codec", "stream_index", "rotation", "
 
 
 def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
-                       track: int) -> VideoIndex | None:
+                       track: int, storage_options: dict | None = None) -> VideoIndex | None:
     try:
         with np.load(cache_file, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
@@ -352,7 +370,8 @@ def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
     try:
         fields = {k: meta[k] for k in _META_FIELDS}
         return VideoIndex(path=abspath, time_base=Fraction(meta["time_base"]), size=st.st_size,
-                          mtime_ns=st.st_mtime_ns, **fields, **arrays)
+                          mtime_ns=st.st_mtime_ns, storage_options=dict(storage_options or {}),
+                          **fields, **arrays)
     except (KeyError, ValueError, TypeError, ZeroDivisionError):
         return None
 
@@ -381,24 +400,26 @@ def _save_cached_index(cache_file: str, index: VideoIndex, track: int) -> None:
                 pass
 
 
-def _display_orientation(path: str, track: int) -> tuple[int, bool]:
+def _display_orientation(path: str, track: int,
+                         storage_options: dict | None = None) -> tuple[int, bool]:
     """``(rotation, hflip)`` from the first decoded frame's display matrix (none: no turn)."""
     try:
-        with open_container(path) as container:
+        with open_container(path, storage_options) as container:
             stream = video_track(container, path, track)
             stream.thread_type = "NONE"
             for frame in container.decode(stream):
-                for data in frame.side_data:
-                    if data.type.name == "DISPLAYMATRIX":
-                        return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
+                data = frame.side_data.get(SideDataType.DISPLAYMATRIX)  # PyAV 18 and 19 alike
+                if data is not None:
+                    return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
                 break
     except (VideoError, *AV_ERRORS):
         pass  # an undecodable first frame shows up when it is read
     return 0, False
 
 
-def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
-    container = open_container(path)
+def _demux_index(path: str, st: os.stat_result, track: int,
+                 storage_options: dict | None = None) -> VideoIndex:
+    container = open_container(path, storage_options)
     damaged = False
     with container:
         stream = video_track(container, path, track)
@@ -447,14 +468,15 @@ def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
     )
     by_order = rows["by_order"]
     if damaged or fmt in _UNINDEXED_FORMATS:  # the tail may hold frames that cannot decode
-        rows = _decodable(path, track, rows)
-    rotation, hflip = _display_orientation(path, track)
+        rows = _decodable(path, track, rows, storage_options)
+    rotation, hflip = _display_orientation(path, track, storage_options)
     fps = (float(nominal) if by_order and nominal
            else _average_fps(rows["pts"], Fraction(time_base), nominal))
     return VideoIndex(
         path=path, width=int(width), height=int(height), fps=fps, time_base=Fraction(time_base),
         codec=str(codec), size=st.st_size, mtime_ns=st.st_mtime_ns,
-        stream_index=int(stream_index), rotation=rotation, hflip=hflip, damaged=damaged, **rows,
+        stream_index=int(stream_index), rotation=rotation, hflip=hflip, damaged=damaged,
+        storage_options=dict(storage_options or {}), **rows,
     )
 
 
@@ -462,7 +484,8 @@ def _demux_index(path: str, st: os.stat_result, track: int) -> VideoIndex:
 _UNINDEXED_FORMATS = {"mpegts", "h264", "hevc", "mpegvideo", "m4v", "mpeg"}
 
 
-def _decodable(path: str, track: int, rows: dict[str, Any]) -> dict[str, Any]:
+def _decodable(path: str, track: int, rows: dict[str, Any],
+               storage_options: dict | None = None) -> dict[str, Any]:
     """``rows`` cut before the first frame of the last GOP that the decoder does not give.
 
     Decodes the last two GOPs single-threaded (seeking lands at or before the last keyframe),
@@ -476,7 +499,7 @@ def _decodable(path: str, track: int, rows: dict[str, Any]) -> dict[str, Any]:
     start = int(keyframes[-2]) if len(keyframes) > 1 else 0
     seen: list[int] = []
     try:
-        with open_container(path) as container:
+        with open_container(path, storage_options) as container:
             stream = video_track(container, path, track)
             stream.thread_type = "NONE"
             if start:

@@ -1,0 +1,249 @@
+"""scanner_nb in the shape a deployment has: an object store and a cluster started from the CLI.
+
+A local S3-compatible server (moto, on 127.0.0.1) holds the input videos and the database. The
+fast tests use the threaded scheduler; the deployment test starts ``dask scheduler`` and two
+``dask worker`` processes from the command line, each in its own working directory with no
+credentials of its own, and drives them from here: the storage options reach the workers with
+the graph, ops defined in this module run there, and a worker SIGKILLed mid-run loses nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+import scanner_nb as sp
+from scanner_nb.samples import frame_index, make_video
+
+BUCKET = "scanner"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sp.__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# botocore must never look for credentials outside this machine (the EC2 metadata address):
+# every process here gets its credentials from storage_options, or has none at all.
+NO_CREDENTIALS = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                  "AWS_CONFIG_FILE": os.devnull}
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A local S3 server with a bucket holding ``videos/clip.mp4``; yields storage_options."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request at INFO
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in NO_CREDENTIALS.items():
+            mp.setenv(key, value)
+        for key in AWS_KEYS:
+            mp.delenv(key, raising=False)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            options = {"key": "testing", "secret": "testing",
+                       "endpoint_url": f"http://{host}:{port}",
+                       "client_kwargs": {"region_name": "us-east-1"}}
+            store = boto3.client("s3", endpoint_url=options["endpoint_url"],
+                                 aws_access_key_id="testing", aws_secret_access_key="testing",
+                                 region_name="us-east-1")
+            store.create_bucket(Bucket=BUCKET)
+            clip = make_video(str(tmp_path_factory.mktemp("videos") / "clip.mp4"), n_frames=48,
+                              gop=12)
+            store.upload_file(clip, BUCKET, "videos/clip.mp4")
+            yield options
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def db_url(request):
+    return f"s3://{BUCKET}/db-{request.node.name.replace('[', '-').rstrip(']')}"
+
+
+@sp.register_python_op()
+def frame_number(config, frame: sp.FrameType) -> Any:
+    return frame_index(frame)
+
+
+@sp.register_python_op()
+def slow_square(config, x: Any, trail: str = "") -> Any:
+    time.sleep(0.02)
+    with open(trail, "a") as f:  # one line per row, from whichever worker process
+        f.write(f"{os.getpid()}\n")
+    return x * x
+
+
+# ------------------------------------------------------------------ the store, threaded scheduler
+
+
+def test_video_input_and_database_on_s3(s3, db_url, tmp_path):
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        video = sp.NamedVideoStream(sc, "clip", path=f"s3://{BUCKET}/videos/clip.mp4")
+        assert video.path == f"s3://{BUCKET}/videos/clip.mp4"  # no abspath of a URL
+        assert video.exists() and len(video) == 48 and video.fps == 24.0
+        frames = sc.streams.Stride(sc.io.Input([video]), [5])
+        assert [frame_index(f) for f in frames.compute()[0]] == list(range(0, 48, 5))
+        numbers = sc.ops.frame_number(frame=frames)
+        (stored,) = sc.run(sc.io.Output(numbers, [sp.NamedStream(sc, "numbers")]),
+                           show_progress=False)
+        assert list(stored.load(rows=[1, 9])) == [5, 45]
+        assert list(sp.NamedStream(sc, "numbers").load()) == list(range(0, 48, 5))
+        assert [frame_index(f) for f in video.load(rows=[0, 47])] == [0, 47]
+        assert not sp.NamedVideoStream(sc, "gone", path=f"s3://{BUCKET}/videos/gone.mp4").exists()
+
+
+def test_missing_video_on_s3_is_video_not_found(s3, db_url):
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        with pytest.raises(sp.VideoNotFoundError, match="gone.mp4"):
+            sc.io.Input([sp.NamedVideoStream(sc, "gone", path=f"s3://{BUCKET}/videos/gone.mp4")])
+
+
+def test_no_credentials_is_a_storage_error_before_any_work(s3, db_url):
+    anonymous = {k: v for k, v in s3.items() if k not in ("key", "secret")}
+    with sp.Client(db_path=db_url, storage_options=anonymous, show_progress=False) as sc:
+        out = sc.io.Output(sc.io.Input([sp.MemoryStream([1, 2])]), [sp.NamedStream(sc, "s")])
+        with pytest.raises(sp.StorageError, match=r"cannot reach 's3://.*NoCredentialsError.*"
+                                                  r"storage_options"):
+            sc.run(out, show_progress=False)
+        with pytest.raises(sp.StorageError, match="clip.mp4.*NoCredentialsError"):
+            sp.NamedVideoStream(sc, "clip", path=f"s3://{BUCKET}/videos/clip.mp4").index  # noqa: B018
+
+
+def test_a_file_object_is_not_a_path(s3, tmp_path):
+    with sp.Client(db_path=str(tmp_path / "db"), show_progress=False) as sc:
+        with pytest.raises(sp.ScannerTypeError, match="path or an fsspec URL.*BytesIO"):
+            sp.NamedVideoStream(sc, "clip", path=io.BytesIO(b""))
+        with pytest.raises(sp.ScannerTypeError, match="storage_options must be a dict"):
+            sp.Client(storage_options="key=1")
+
+
+# ------------------------------------------------------------------ a cluster from the CLI
+
+
+def _start(args: list[str], cwd, env) -> subprocess.Popen:
+    os.makedirs(cwd, exist_ok=True)
+    with open(os.path.join(cwd, "log"), "w") as log:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _wait_for(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def cli_cluster(tmp_path):
+    """``dask scheduler`` and two ``dask worker --nthreads 1`` processes, each in its own
+    folder; the workers find this module (its ops) and scanner_nb on their path, and have no
+    credentials of their own. Yields (scheduler address, {worker pid: process})."""
+    env = {k: v for k, v in os.environ.items() if k not in AWS_KEYS}
+    env.update(NO_CREDENTIALS, PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
+    procs = []
+    try:
+        sched_file = str(tmp_path / "scheduler.json")
+        procs.append(_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                             "--scheduler-file", sched_file], tmp_path / "scheduler", env))
+        _wait_for(lambda: os.path.exists(sched_file) and os.path.getsize(sched_file),
+                  "the scheduler")
+        with open(sched_file) as f:
+            address = json.load(f)["address"]
+        workers = {}
+        for name in ("w1", "w2"):
+            proc = _start(["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
+                           "--no-dashboard", "--host", "127.0.0.1", "--local-directory",
+                           str(tmp_path / name / "space")], tmp_path / name, env)
+            procs.append(proc)
+            workers[proc.pid] = proc
+        yield address, workers
+    finally:
+        for proc in procs[::-1]:  # the workers first, then the scheduler
+            proc.terminate()
+        for proc in procs[::-1]:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.mark.deploy
+@pytest.mark.slow
+def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluster, tmp_path):
+    address, workers = cli_cluster
+    with sp.Client(address=address, db_path=db_url, storage_options=s3, partition_size=10,
+                   show_progress=False) as sc:
+        sc.distributed.wait_for_workers(2, timeout=60)
+        assert set(sc.distributed.run(os.getpid).values()) == set(workers)
+
+        # video inputs read from s3:// on the workers, stored on s3://, loaded by rows
+        video = sp.NamedVideoStream(sc, "clip", path=f"s3://{BUCKET}/videos/clip.mp4")
+        numbers = sc.ops.frame_number(frame=sc.io.Input([video]))
+        (stored,) = sc.run(sc.io.Output(numbers, [sp.NamedStream(sc, "numbers")]),
+                           show_progress=False)
+        assert list(stored.load()) == list(range(48))
+        assert list(stored.load(rows=[3, 47])) == [3, 47]
+        ran_on = sc.distributed.run(lambda: os.getcwd())
+        assert len(set(ran_on.values())) == 2  # separate working directories
+
+        # a worker SIGKILLed mid-run: the run finishes with the same result, or fails with a
+        # ScannerError and commits nothing; never a half-written stream
+        trail = str(tmp_path / "trail")
+        values = list(range(300))
+        squares = sc.ops.slow_square(x=sc.io.Input([sp.MemoryStream(values)]), trail=trail)
+        out = sc.io.Output(squares, [sp.NamedStream(sc, "squares")])
+
+        def rows_done() -> int:
+            try:
+                with open(trail) as f:
+                    return len(f.read().split())
+            except FileNotFoundError:
+                return 0
+
+        outcome: dict = {}
+
+        def run():
+            try:
+                outcome["streams"] = sc.run(out, show_progress=False)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        _wait_for(lambda: rows_done() >= 60, "the run to be under way")
+        victim = next(iter(workers.values()))
+        mid_run = thread.is_alive()
+        os.kill(victim.pid, signal.SIGKILL)
+        thread.join(120)
+        assert mid_run and not thread.is_alive()
+        assert victim.wait(10) == -signal.SIGKILL
+        target = sp.NamedStream(sc, "squares")
+        if "error" in outcome:
+            assert isinstance(outcome["error"], sp.ScannerError), repr(outcome["error"])
+            assert not target.exists()
+        else:
+            assert list(target.load()) == [v * v for v in values]
+            assert list(target.load(rows=[0, 299])) == [0, 299 * 299]
+
+
+def test_fsio_docstring_examples():
+    import doctest
+
+    from scanner_nb import fsio
+
+    assert doctest.testmod(fsio).failed == 0
