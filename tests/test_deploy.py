@@ -10,31 +10,22 @@ the graph, ops defined in this module run there, and a worker SIGKILLed mid-run 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 import boto3
 import pytest
+from conftest import AWS_KEYS, NO_CREDENTIALS, wait_for
 from moto.server import ThreadedMotoServer
 
 import scanner_nb as sp
 from scanner_nb.samples import frame_index, make_video
 
 BUCKET = "scanner"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sp.__file__)))
-TESTS = os.path.dirname(os.path.abspath(__file__))
-# botocore must never look for credentials outside this machine (the EC2 metadata address):
-# every process here gets its credentials from storage_options, or has none at all.
-NO_CREDENTIALS = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-                  "AWS_CONFIG_FILE": os.devnull}
-AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 
 
 @pytest.fixture(scope="module")
@@ -130,58 +121,6 @@ def test_a_file_object_is_not_a_path(s3, tmp_path):
 # ------------------------------------------------------------------ a cluster from the CLI
 
 
-def _start(args: list[str], cwd, env) -> subprocess.Popen:
-    os.makedirs(cwd, exist_ok=True)
-    with open(os.path.join(cwd, "log"), "w") as log:  # the child keeps its own copy
-        return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd, env=env,
-                                stdout=subprocess.DEVNULL, stderr=log)
-
-
-def _wait_for(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture
-def cli_cluster(tmp_path):
-    """``dask scheduler`` and two ``dask worker --nthreads 1`` processes, each in its own
-    folder; the workers find this module (its ops) and scanner_nb on their path, and have no
-    credentials of their own. Yields (scheduler address, {worker pid: process})."""
-    env = {k: v for k, v in os.environ.items() if k not in AWS_KEYS}
-    env.update(NO_CREDENTIALS, PYTHONPATH=os.pathsep.join([ROOT, TESTS]))
-    procs = []
-    try:
-        sched_file = str(tmp_path / "scheduler.json")
-        procs.append(_start(["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                             "--scheduler-file", sched_file], tmp_path / "scheduler", env))
-        _wait_for(lambda: os.path.exists(sched_file) and os.path.getsize(sched_file),
-                  "the scheduler")
-        with open(sched_file) as f:
-            address = json.load(f)["address"]
-        workers = {}
-        for name in ("w1", "w2"):
-            proc = _start(["worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                           "--no-dashboard", "--host", "127.0.0.1", "--local-directory",
-                           str(tmp_path / name / "space")], tmp_path / name, env)
-            procs.append(proc)
-            workers[proc.pid] = proc
-        yield address, workers
-    finally:
-        for proc in procs[::-1]:  # the workers first, then the scheduler
-            proc.terminate()
-        for proc in procs[::-1]:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-
 @pytest.mark.deploy
 @pytest.mark.slow
 def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluster, tmp_path):
@@ -225,7 +164,7 @@ def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluste
 
         thread = threading.Thread(target=run)
         thread.start()
-        _wait_for(lambda: rows_done() >= 60, "the run to be under way")
+        wait_for(lambda: rows_done() >= 60, "the run to be under way")
         victim = next(iter(workers.values()))
         mid_run = thread.is_alive()
         os.kill(victim.pid, signal.SIGKILL)
