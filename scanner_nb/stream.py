@@ -451,11 +451,12 @@ class _Request:
         ``None`` and computes the Streams apart: right results, shared work done for each)."""
         fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
         try:
-            return (_unpickled, (cloudpickle.dumps(fields),))
+            cloudpickle.dumps(fields)
         except Exception:  # noqa: BLE001 - what does not pickle raises many kinds
             key = uuid.uuid4().hex
             _HERE[key] = self
             return (_made_here, (key,))
+        return (_Request, fields)
 
 
 _HERE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> request made here
@@ -463,10 +464,6 @@ _HERE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> req
 
 def _made_here(key: str) -> _Request | None:
     return _HERE.get(key)
-
-
-def _unpickled(data: bytes) -> _Request:
-    return _Request(*cloudpickle.loads(data))
 
 
 def _optimize_together(dsk, keys):
