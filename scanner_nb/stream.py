@@ -450,7 +450,7 @@ class _Request:
         reference to this process, where an in-process scheduler finds it (a remote one finds
         ``None`` and computes the Streams apart: right results, shared work done for each)."""
         fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
-        try:
+        try:  # tried apart, then sent in the graph's one pickle: requests share plan nodes
             cloudpickle.dumps(fields)
         except Exception:  # noqa: BLE001 - what does not pickle raises many kinds
             key = uuid.uuid4().hex
