@@ -6,14 +6,7 @@
 - :mod:`.ops`: the ops: OpenCV on the CPU, :mod:`.arrays` on a GPU.
 - :mod:`.images`: image files in and out (``ImageDecoder``, ``ImageEncoder``).
 
-Examples
---------
->>> import numpy as np
->>> frame = np.zeros((4, 6, 3), np.uint8)
->>> resize(frame, 3, 2, np).shape
-(2, 3, 3)
->>> convert_color(frame, "gray", np).shape
-(4, 6, 1)
+The examples of the image functions are in :mod:`.arrays`.
 """
 
 from .arrays import (
