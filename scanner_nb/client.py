@@ -18,7 +18,7 @@ from .errors import ScannerTypeError, ScannerValueError
 from .kernel import OpSpec, lookup_op, op_names
 from .plan import OpNode, Ref, SourceNode
 from .session import Session
-from .sources.base import Source
+from .sources.base import Source, check_sources
 from .stream import Stream
 from .streamops import Partitioner, StreamOps, per_stream
 
@@ -105,14 +105,16 @@ class Client:
 
     @property
     def index_cache_dir(self) -> str:
-        """The local folder video indexes are cached in: beside the database when it is local."""
+        """Where video indexes are cached: the database's ``.video-index`` folder, on the disk
+        or in the store (``s3://bucket/db/.video-index``), which every worker reads."""
+        from .fsio import is_url
         from .names import default_db_path
 
         url = self._db_path or default_db_path()
-        if "://" not in url or url.startswith("file://"):
-            return os.path.join(os.path.abspath(os.path.expanduser(url.removeprefix("file://"))),
-                                ".video-index")
-        return os.path.join(os.path.expanduser("~"), ".cache", "scanner_nb", "video-index")
+        if is_url(url):
+            return url.rstrip("/") + "/.video-index"
+        return os.path.join(os.path.abspath(os.path.expanduser(url.removeprefix("file://"))),
+                            ".video-index")
 
     def run(self, outputs, perf_params=None, cache_mode=None, show_progress: bool = True,
             profiling: bool = False, task_timeout: int = 0, checkpoint_frequency: int = 10,
@@ -406,8 +408,7 @@ class _IO:
         types = {s.type_name for s in sources}
         if len(types) > 1:
             raise ScannerTypeError(f"sc.io.Input streams must share one element type, got {sorted(types)}")
-        for s in sources:
-            s.check()
+        check_sources(list(sources), self._client.session)
         return Stream(self._client, Ref(SourceNode([s.fixed() for s in sources])))
 
     def Output(self, stream: Stream, targets: Sequence):

@@ -19,12 +19,14 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import IO, Any, NamedTuple
 
 from .errors import ScannerTypeError, StorageError
 
-__all__ = ["is_url", "location", "FileStat", "file_stat", "open_binary", "check_access"]
+__all__ = ["is_url", "location", "FileStat", "file_stat", "open_binary", "check_access",
+           "read_bytes", "write_bytes"]
 
 
 def is_url(path: str | os.PathLike) -> bool:
@@ -126,3 +128,54 @@ def check_access(url: str, storage_options: dict | None = None) -> None:
         fs.exists(path)
     except Exception as exc:
         raise _unreachable(url, exc) from None
+
+
+def read_bytes(path: str, storage_options: dict | None = None) -> bytes:
+    """The whole file at a local path or a URL.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file there.
+    StorageError
+        If the store cannot be reached.
+    """
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with open_binary(path, storage_options) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write the whole file at a local path or a URL at once: readers see the old file or the
+    new one (a local file is written aside, then renamed; a store writes an object whole).
+    Folders are made as needed.
+
+    Raises
+    ------
+    OSError
+        If a local file cannot be written.
+    StorageError
+        If the store cannot be reached or refuses the write.
+    """
+    if not is_url(path):
+        import tempfile
+
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return
+    fs, where = _filesystem(path, storage_options)
+    try:
+        fs.pipe_file(where, data)
+    except Exception as exc:
+        raise _unreachable(path, exc) from None

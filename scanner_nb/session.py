@@ -31,6 +31,8 @@ from .errors import ScannerTypeError
 __all__ = ["Session", "connect"]
 
 _CHAIN_ATTEMPTS = 3
+#: Local threads :meth:`Session.map` runs calls on.
+IO_THREADS = 8
 
 
 def connect(address: Any):
@@ -125,6 +127,18 @@ class Session:
                 # first row on the workers there are now
                 if dclient is None or attempt == _CHAIN_ATTEMPTS - 1:
                     raise
+
+    def map(self, calls: Sequence[tuple], label: str = "scanner_nb") -> list:
+        """Run independent calls ``(function, *args)`` at once where graphs run: on the
+        cluster's workers, or on up to :data:`IO_THREADS` local threads (such calls mostly
+        wait on files and stores). Returns their results in order; the first error is raised.
+        """
+        if not calls:
+            return []
+        tasks = [dask.delayed(call[0], pure=False)(*call[1:]) for call in calls]
+        threads = {} if self.distributed is not None else {
+            "scheduler": "threads", "num_workers": min(len(calls), IO_THREADS)}
+        return list(self.compute(tasks, progress=False, label=label, **threads))
 
     def compute_now(self, graph, keys: list) -> list:
         """Run a small graph synchronously here (one preview row): no pool, no round trips;

@@ -93,6 +93,28 @@ def test_video_input_and_database_on_s3(s3, db_url, tmp_path):
         assert not sp.NamedVideoStream(sc, "gone", path=f"s3://{BUCKET}/videos/gone.mp4").exists()
 
 
+def test_an_s3_video_index_is_cached_in_the_database(s3, db_url, caplog):
+    import fsspec
+
+    from scanner_nb.video import index_cache_path
+
+    url = f"s3://{BUCKET}/videos/clip.mp4"
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        sc.io.Input([sp.NamedVideoStream(sc, "clip", path=url)])
+        cache = index_cache_path(url, sc.index_cache_dir)
+    store = fsspec.filesystem("s3", **s3)
+    assert cache.startswith(f"{db_url}/.video-index/") and store.exists(cache)
+    with caplog.at_level(logging.DEBUG, logger="scanner_nb"), sp.Client(
+            db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        video = sp.NamedVideoStream(sc, "clip", path=url)
+        assert len(video) == 48 and video.index.keyframes.tolist() == [0, 12, 24, 36]
+    assert "read from the cache" in caplog.text
+    store.pipe_file(cache, b"PK not an index")  # a damaged cache is data: indexed again
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        assert len(sp.NamedVideoStream(sc, "clip", path=url)) == 48
+        assert sc.db.names() == []  # the cache is no stored stream
+
+
 def test_missing_video_on_s3_is_video_not_found(s3, db_url):
     with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
         with pytest.raises(sp.VideoNotFoundError, match="gone.mp4"):

@@ -13,6 +13,9 @@ class; it never probes them with ``getattr``/``hasattr``. A source is one stream
 ``fps``           frames per second of the video it comes from, or ``None``
 ``frame_bytes``   bytes of one frame (frame sources), or ``None``: sizes default partitions
 ``frame_shape``   ``(H, W, C)`` when every frame has it, or ``None``
+``check_call()``  the slow part of checking (a video's demux) as a picklable call, run for
+                  all sources at once on the workers or local threads; ``checked()`` takes
+                  its result
 ``check()``       validate now (at ``sc.io.Input``), so a bad input fails at the call
 ``fixed()``       the source a plan keeps: itself, or a stored stream fixed at its version
 ``partition()``   split sorted needed rows into partitions (a video aligns them to keyframes)
@@ -46,6 +49,7 @@ __all__ = [
     "MIN_ROWS",
     "Payload",
     "Source",
+    "check_sources",
     "default_rows",
     "frame_partition_rows",
     "memory_partitions",
@@ -76,6 +80,19 @@ def frame_partition_rows(frame_bytes: int) -> int:
     97
     """
     return max(1, FRAME_PARTITION_BYTES // max(1, int(frame_bytes)))
+
+
+def check_sources(sources: list[Source], session: Any) -> None:
+    """Check ``sources`` (``sc.io.Input``): their :meth:`Source.check_call` calls run at once
+    through ``session.map`` (a cluster's workers, or local threads), then each source's
+    :meth:`Source.check`."""
+    remote = not session.is_local
+    calls = {i: call for i, s in enumerate(sources)
+             if (call := s.check_call(remote)) is not None}
+    for i, result in zip(calls, session.map(list(calls.values()), label="check inputs")):
+        sources[i].checked(result)
+    for s in sources:
+        s.check()
 
 
 def memory_partitions(rows: np.ndarray, partition_size: int) -> list[np.ndarray]:
@@ -136,6 +153,19 @@ class Source(abc.ABC):
     def frame_shape(self) -> tuple | None:
         """``(H, W, C)`` of every frame, when they share one."""
         return None
+
+    def check_call(self, remote: bool) -> tuple | None:
+        """The slow part of :meth:`check` as a picklable call ``(function, *args)``, or ``None``.
+
+        :func:`check_sources` runs the calls of all the sources of an ``sc.io.Input`` at once
+        where the session runs graphs (many videos are indexed in parallel on a cluster's
+        workers) and hands each result to :meth:`checked`. ``remote``: the call runs in another
+        process, so its result should hold only what this process needs.
+        """
+        return None
+
+    def checked(self, result: Any) -> None:
+        """Take the result of :meth:`check_call`'s call; :meth:`check` runs after it."""
 
     def check(self) -> None:
         """Validate the input now (``sc.io.Input`` calls it); raise a ScannerError if bad."""

@@ -293,6 +293,12 @@ class NamedVideoStream(NamedStream):
     def token(self) -> str:
         return self._file.token if self._file is not None else super().token
 
+    def check_call(self, remote: bool) -> tuple | None:
+        return self._file.check_call(remote) if self._file is not None else None
+
+    def checked(self, result) -> None:
+        self._file.checked(result)
+
     def check(self) -> None:
         if self._file is None:
             super().check()

@@ -14,6 +14,18 @@ from .base import Source, frame_partition_rows
 __all__ = ["VideoFileSource"]
 
 
+def _index(name: str, path: str, cache_dir: str | None, track: int,
+           storage_options: dict | None, light: bool):
+    """Index one video (on a worker, or a local thread): its full index, or its summary."""
+    from ..video import index_video
+
+    try:
+        index = index_video(path, cache_dir, track, storage_options=storage_options)
+    except VideoError as exc:  # name the stream as well as the file
+        raise type(exc)(f"NamedVideoStream {name!r}: {exc}") from None
+    return index.summary() if light else index
+
+
 def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, options=None,
                 after=None) -> Batch:
     """Decode a partition's frames (into ``out``, a slice of the result, when given).
@@ -67,16 +79,23 @@ class VideoFileSource(Source):
 
     @property
     def index(self):
-        """The video's index (demuxed once, then cached beside the database)."""
+        """The video's index (demuxed once, then cached in the database's ``.video-index``);
+        a light one (:meth:`~scanner_nb.video.VideoIndex.summary`) where a cluster's worker
+        indexed the video."""
         if self._index is None:
-            from ..video import index_video
-
-            try:
-                self._index = index_video(self.path, self.cache_dir, self.track,
-                                          storage_options=self.storage_options)
-            except VideoError as exc:  # name the stream as well as the file
-                raise type(exc)(f"NamedVideoStream {self.name!r}: {exc}") from None
+            self._index = _index(*self._index_args(), light=False)
         return self._index
+
+    def _index_args(self) -> tuple:
+        return self.name, self.path, self.cache_dir, self.track, self.storage_options
+
+    def check_call(self, remote: bool) -> tuple | None:
+        """Index the video where the call runs (a worker keeps the full index, the client a
+        light one); nothing to do once indexed."""
+        return None if self._index is not None else (_index, *self._index_args(), remote)
+
+    def checked(self, result) -> None:
+        self._index = result
 
     @property
     def fps(self) -> float:

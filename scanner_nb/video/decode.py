@@ -413,6 +413,8 @@ def read_frames(
     Parameters
     ----------
     index : VideoIndex
+        Full or light (:meth:`VideoIndex.summary`): a light one is made full here, once per
+        process.
         From :func:`~scanner_nb.video.index_video`.
     rows : array_like of int
         Sorted, unique row indices (unsorted or repeated rows also work, at the cost of a copy).
@@ -455,6 +457,7 @@ def read_frames(
     """
     if not isinstance(index, VideoIndex):
         raise ScannerTypeError(f"index must be a VideoIndex, got {type(index).__name__}")
+    index = index.full()
     rows_a = np.asarray(rows)
     if rows_a.dtype.kind not in "iu" and rows_a.size:
         raise ScannerTypeError(f"rows must be integers, got dtype {rows_a.dtype}")

@@ -8,11 +8,14 @@ a second open costs one ``stat`` and one read.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
+import posixpath
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -20,8 +23,9 @@ import av
 import numpy as np
 from av.sidedata.sidedata import Type as SideDataType
 
-from ..errors import RowIndexError, ScannerValueError, VideoError, VideoNotFoundError
-from ..fsio import file_stat, is_url, location
+from ..errors import (RowIndexError, ScannerError, ScannerValueError, VideoError,
+                      VideoNotFoundError)
+from ..fsio import file_stat, is_url, location, read_bytes, write_bytes
 from ..log import get_logger
 from ._av import AV_ERRORS, describe, open_container, video_track
 
@@ -81,8 +85,15 @@ class VideoIndex:
         Packets were flagged corrupt or the file ends in damaged data: decode it
         single-threaded, so the same frames are found damaged every time.
     storage_options : dict
-        For a URL (``s3://...``): the fsspec options it is opened with; they travel with the
-        index to the workers.
+        For a URL (``s3://...``): the fsspec options it is opened with (and its cache in
+        `cache_dir` read with); they travel with the index to the workers.
+    track : int
+        Which of the file's video tracks, counting video tracks from 0.
+    cache_dir : str or None
+        Where :func:`index_video` cached the index (a folder or an fsspec URL), so that a light
+        index (:meth:`summary`) finds its timestamps again on a worker (:meth:`full`).
+    frames : int or None
+        A light index's frame count; ``None`` in a full one (its count is ``len(pts)``).
 
     Examples
     --------
@@ -109,16 +120,23 @@ class VideoIndex:
     keyframe_pos: np.ndarray | None = None
     damaged: bool = False
     storage_options: dict = field(default_factory=dict, repr=False, compare=False)
+    track: int = 0
+    cache_dir: str | None = field(default=None, repr=False, compare=False)
+    frames: int | None = None
     _key: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        pts, keyframes = _frozen_int64(self.pts), _frozen_int64(self.keyframes)
+        if (self.pts is None) == (self.frames is None):
+            raise ScannerValueError("a VideoIndex has either pts (full) or frames (light)")
+        pts = None if self.pts is None else _frozen_int64(self.pts)
+        keyframes = _frozen_int64(self.keyframes)
+        n = len(pts) if pts is not None else int(self.frames)
         if len(keyframes) == 0 or keyframes[0] != 0 or np.any(np.diff(keyframes) <= 0):
             raise ScannerValueError(
                 f"keyframes must be sorted, unique and start at row 0, got {keyframes[:8].tolist()}"
             )
-        if len(pts) and keyframes[-1] >= len(pts):
-            raise ScannerValueError(f"keyframe row {keyframes[-1]} outside {len(pts)} frames")
+        if n and keyframes[-1] >= n:
+            raise ScannerValueError(f"keyframe row {keyframes[-1]} outside {n} frames")
         if self.rotation not in (0, 90, 180, 270):
             raise ScannerValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation!r}")
         positions = (np.full(len(keyframes), -1) if self.keyframe_pos is None
@@ -132,7 +150,42 @@ class VideoIndex:
         )
 
     def __len__(self) -> int:
-        return len(self.pts)
+        return len(self.pts) if self.pts is not None else self.frames
+
+    @property
+    def is_light(self) -> bool:
+        """Whether this is a light index (:meth:`summary`): no timestamps, no seek positions."""
+        return self.pts is None
+
+    def summary(self) -> VideoIndex:
+        """This index without the timestamps of every frame: what the row analysis needs.
+
+        A client keeps one light index per video (its keyframes and frame count, a few KB for
+        an hour-long video instead of ~1 MB); the read tasks on the workers find the full
+        index with :meth:`full`.
+
+        Examples
+        --------
+        >>> index = VideoIndex("/v.mp4", 64, 48, 24.0, np.arange(30), [0, 10, 20],
+        ...                    Fraction(1, 24), "h264")
+        >>> light = index.summary()
+        >>> light.is_light, len(light), light.keyframe_at_or_before(15), light.pts
+        (True, 30, 10, None)
+        """
+        if self.pts is None:
+            return self
+        return replace(self, pts=None, keyframe_pos=None, frames=len(self))
+
+    def full(self) -> VideoIndex:
+        """This index with every frame's timestamp: itself, or for a light index the full one,
+        from this process's memory, else the cache in `cache_dir`, else by demuxing again.
+
+        Raises
+        ------
+        VideoError
+            If the file changed since it was indexed.
+        """
+        return self if self.pts is not None else _full_index(self)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, VideoIndex):
@@ -140,7 +193,8 @@ class VideoIndex:
         return (
             self._key == other._key
             and self.metadata == other.metadata
-            and np.array_equal(self.pts, other.pts)
+            and self.is_light == other.is_light
+            and (self.is_light or np.array_equal(self.pts, other.pts))
             and np.array_equal(self.keyframes, other.keyframes)
         )
 
@@ -156,7 +210,7 @@ class VideoIndex:
         )
 
     def __dask_tokenize__(self) -> tuple:
-        return ("VideoIndex", self._key, len(self), int(self.pts[-1]) if len(self) else 0)
+        return ("VideoIndex", self._key, self.track, len(self))
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -186,10 +240,11 @@ class VideoIndex:
 
     @property
     def duration(self) -> float:
-        """Seconds from the first frame's start to the last frame's end (last frame: 1/fps)."""
+        """Seconds from the first frame's start to the last frame's end (last frame: 1/fps);
+        frames / fps for a light index."""
         if not len(self):
             return 0.0
-        if self.by_order:
+        if self.by_order or self.is_light:
             return len(self) / self.fps if self.fps > 0 else 0.0
         span = float((int(self.pts[-1]) - int(self.pts[0])) * self.time_base)
         return span + (1.0 / self.fps if self.fps > 0 else 0.0)
@@ -322,42 +377,49 @@ def index_video(path: str | os.PathLike, cache_dir: str | os.PathLike | None = N
     """
     abspath = location(path)
     track = int(track)
-    options = dict(storage_options or {}) if is_url(abspath) else {}
+    options = dict(storage_options or {})
     st = _stat(abspath, options)
     cache_file = None
     if cache_dir is not None:
+        cache_dir = location(cache_dir)
         cache_file = index_cache_path(abspath, cache_dir, track)
-        cached = _load_cached_index(cache_file, abspath, st, track, options)
+        cached = _load_cached_index(cache_file, abspath, st, track, cache_dir, options)
         if cached is not None:
             _log.debug("index of %r read from the cache %r", abspath, cache_file)
-            return cached
-    index = _demux_index(abspath, st, track, options)
+            return _remember(cached)
+    index = _demux_index(abspath, st, track, options, cache_dir)
     if cache_file is not None:
-        _save_cached_index(cache_file, index, track)
+        _save_cached_index(cache_file, index, options)
         _log.debug("indexed %r (%d frames), cached in %r", abspath, len(index), cache_file)
-    return index
+    return _remember(index)
 
 
 def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike,
                      track: int = 0) -> str:
-    """Where :func:`index_video` caches the index of ``path`` (video ``track``) in ``cache_dir``."""
+    """Where :func:`index_video` caches the index of ``path`` (video ``track``) in ``cache_dir``
+    (a folder, or an fsspec URL such as a database's ``s3://bucket/db/.video-index``)."""
     abspath = location(path)
     key = abspath if not track else f"{abspath}#{int(track)}"
     digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
-    return os.path.join(os.fspath(cache_dir), digest + ".vidx.npz")
+    folder = location(cache_dir)
+    join = posixpath.join if is_url(folder) else os.path.join
+    return join(folder, digest + ".vidx.npz")
 
 
 _META_FIELDS = ("width", "height", "fps", "codec", "stream_index", "rotation", "hflip",
                 "by_order", "damaged")
 
 
-def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
-                       track: int, storage_options: dict | None = None) -> VideoIndex | None:
+def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result, track: int,
+                       cache_dir: str, storage_options: dict) -> VideoIndex | None:
+    """The cached index, checked against the file's path, size and time; ``None`` if absent,
+    stale or not a cache of ours (it is data: read without pickles, every field checked)."""
     try:
-        with np.load(cache_file, allow_pickle=False) as z:
+        with np.load(io.BytesIO(read_bytes(cache_file, storage_options)),
+                     allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: z[k] for k in ("pts", "keyframes", "keyframe_pos")}
-    except Exception:  # absent, partial (BadZipFile), foreign: index the video again
+    except Exception:  # absent, partial (BadZipFile), foreign, unreachable: index again
         return None
     if (
         meta.get("version") != _CACHE_VERSION
@@ -370,59 +432,87 @@ def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result,
     try:
         fields = {k: meta[k] for k in _META_FIELDS}
         return VideoIndex(path=abspath, time_base=Fraction(meta["time_base"]), size=st.st_size,
-                          mtime_ns=st.st_mtime_ns, storage_options=dict(storage_options or {}),
+                          mtime_ns=st.st_mtime_ns, storage_options=_video_options(
+                              abspath, storage_options), track=track, cache_dir=cache_dir,
                           **fields, **arrays)
     except (KeyError, ValueError, TypeError, ZeroDivisionError):
         return None
 
 
-def _save_cached_index(cache_file: str, index: VideoIndex, track: int) -> None:
+def _save_cached_index(cache_file: str, index: VideoIndex, storage_options: dict) -> None:
     meta = {k: getattr(index, k) for k in _META_FIELDS}
-    meta.update(version=_CACHE_VERSION, path=index.path, size=index.size, track=track,
+    meta.update(version=_CACHE_VERSION, path=index.path, size=index.size, track=index.track,
                 mtime_ns=index.mtime_ns, time_base=str(index.time_base))
-    folder = os.path.dirname(cache_file)
-    tmp = None
+    data = io.BytesIO()
+    np.savez_compressed(data, meta=np.array(json.dumps(meta)), pts=index.pts,
+                        keyframes=index.keyframes, keyframe_pos=index.keyframe_pos)
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, meta=np.array(json.dumps(meta)), pts=index.pts,
-                                keyframes=index.keyframes, keyframe_pos=index.keyframe_pos)
-        os.replace(tmp, cache_file)  # atomic: readers see the old file or the new one
-        tmp = None
-    except OSError:
-        pass  # a cache that cannot be written only costs time
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        write_bytes(cache_file, data.getvalue(), storage_options)
+    except (OSError, ScannerError) as exc:  # a cache that cannot be written only costs time
+        _log.debug("cannot cache the index of %r in %r: %s", index.path, cache_file, exc)
 
 
-def _display_orientation(path: str, track: int,
-                         storage_options: dict | None = None) -> tuple[int, bool]:
-    """``(rotation, hflip)`` from the first decoded frame's display matrix (none: no turn)."""
-    try:
-        with open_container(path, storage_options) as container:
-            stream = video_track(container, path, track)
-            stream.thread_type = "NONE"
-            for frame in container.decode(stream):
-                data = frame.side_data.get(SideDataType.DISPLAYMATRIX)  # PyAV 18 and 19 alike
-                if data is not None:
-                    return _orientation(np.frombuffer(bytes(data), dtype="<i4")[:9])
-                break
-    except (VideoError, *AV_ERRORS):
-        pass  # an undecodable first frame shows up when it is read
-    return 0, False
+def _video_options(path: str, storage_options: dict) -> dict:
+    """The fsspec options a video is opened with: none for a local file."""
+    return dict(storage_options) if is_url(path) else {}
 
 
-def _demux_index(path: str, st: os.stat_result, track: int,
-                 storage_options: dict | None = None) -> VideoIndex:
-    container = open_container(path, storage_options)
+#: Full indexes this process holds for light ones (see VideoIndex.full), newest last.
+_FULL: OrderedDict = OrderedDict()
+_FULL_LOCK = threading.Lock()
+_FULL_KEPT = 256
+
+
+def _remember(index: VideoIndex) -> VideoIndex:
+    """Keep a full index for :meth:`VideoIndex.full` in this process; returns it."""
+    with _FULL_LOCK:
+        _FULL[(index._key, index.track)] = index
+        _FULL.move_to_end((index._key, index.track))
+        while len(_FULL) > _FULL_KEPT:
+            _FULL.popitem(last=False)
+    return index
+
+
+def _full_index(light: VideoIndex) -> VideoIndex:
+    with _FULL_LOCK:
+        index = _FULL.get((light._key, light.track))
+    if index is None:
+        index = index_video(light.path, light.cache_dir, light.track, light.storage_options)
+    if index._key != light._key or len(index) != len(light):
+        raise VideoError(f"video file {light.path!r} changed since it was indexed; index it again")
+    return index
+
+
+class _Orientation:
+    """``(rotation, hflip)`` from the first decoded frame's display matrix (none: no turn),
+    read while demuxing: packets are decoded until the first frame comes out."""
+
+    def __init__(self) -> None:
+        self.value: tuple[int, bool] | None = None
+
+    def feed(self, packet: Any) -> None:
+        if self.value is not None:
+            return
+        try:
+            frames = packet.decode()
+        except AV_ERRORS:
+            return  # an undecodable first frame shows up when it is read
+        for frame in frames:
+            data = frame.side_data.get(SideDataType.DISPLAYMATRIX)  # PyAV 18 and 19 alike
+            self.value = (0, False) if data is None else _orientation(
+                np.frombuffer(bytes(data), dtype="<i4")[:9])
+            return
+
+
+def _demux_index(path: str, st: os.stat_result, track: int, storage_options: dict,
+                 cache_dir: str | None) -> VideoIndex:
+    options = _video_options(path, storage_options)
+    container = open_container(path, options)
     damaged = False
+    orientation = _Orientation()
     with container:
         stream = video_track(container, path, track)
+        stream.thread_type = "NONE"  # only the first frame is decoded
         for other in container.streams:
             if other.index != stream.index:
                 other.discard = av.stream.Discard.all  # skip other tracks' data
@@ -441,6 +531,7 @@ def _demux_index(path: str, st: os.stat_result, track: int,
                 discard.append(packet.is_discard)
                 corrupt.append(packet.is_corrupt)
                 positions.append(-1 if packet.pos is None else packet.pos)
+                orientation.feed(packet)
         except AV_ERRORS as e:
             if not pts:
                 raise VideoError(f"cannot read video packets of {path!r}: {describe(e)}") from None
@@ -468,15 +559,15 @@ def _demux_index(path: str, st: os.stat_result, track: int,
     )
     by_order = rows["by_order"]
     if damaged or fmt in _UNINDEXED_FORMATS:  # the tail may hold frames that cannot decode
-        rows = _decodable(path, track, rows, storage_options)
-    rotation, hflip = _display_orientation(path, track, storage_options)
+        rows = _decodable(path, track, rows, options)
+    rotation, hflip = orientation.value or (0, False)
     fps = (float(nominal) if by_order and nominal
            else _average_fps(rows["pts"], Fraction(time_base), nominal))
     return VideoIndex(
         path=path, width=int(width), height=int(height), fps=fps, time_base=Fraction(time_base),
         codec=str(codec), size=st.st_size, mtime_ns=st.st_mtime_ns,
         stream_index=int(stream_index), rotation=rotation, hflip=hflip, damaged=damaged,
-        storage_options=dict(storage_options or {}), **rows,
+        storage_options=options, track=track, cache_dir=cache_dir, **rows,
     )
 
 
