@@ -13,6 +13,9 @@ loop opens each file in turn with PyAV's default threading.
    under 10% of the total at 1,000 videos.
 2. One 160x90 video of 1, 10 and 60 minutes: time and peak memory (RSS).
    Target: memory flat in the video's length.
+3. Indexing 100 and 1,000 clips (``sc.io.Input``, a cold cache) on local threads and on a
+   2-worker ``LocalCluster`` (the workers demux, the client keeps light indexes), against a
+   plain PyAV loop that opens each file and reads every packet's timestamp.
 """
 
 from __future__ import annotations
@@ -227,6 +230,57 @@ def long_video(folder: str, minutes: list[float], repeat: int) -> None:
               flush=True)
 
 
+def demux_loop(paths: list[str]) -> int:
+    """The plain PyAV baseline of indexing: every packet's timestamp and keyframe flag."""
+    import av
+
+    packets = 0
+    for path in paths:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            packets += len([(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size])
+    return packets
+
+
+def indexing(folder: str, counts: list[int], repeat: int) -> None:
+    import distributed
+
+    import scanner_nb as sp
+
+    many = os.path.join(folder, "many")  # made by many_clips
+    paths = sorted(os.path.join(many, f) for f in os.listdir(many))
+    print(f"\n3. indexing N clips in sc.io.Input, cold cache (medians of {repeat})")
+    print(f"{'videos':>7} {'PyAV s':>8} {'threads s':>10} {'ratio':>6} {'cluster s':>10} "
+          f"{'ratio':>6} {'client KiB':>11}")
+    demux_loop(paths[:1])
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
+                                  silence_logs=40) as cluster:
+        for n in counts:
+            times: dict[str, list[float]] = {"pyav": [], "threads": [], "cluster": []}
+            kept = 0
+            for _ in range(repeat):
+                start = time.perf_counter()
+                demux_loop(paths[:n])
+                times["pyav"].append(time.perf_counter() - start)
+                for where, address in (("threads", None), ("cluster", cluster)):
+                    db = tempfile.mkdtemp(prefix="bench_scale_db_")
+                    try:
+                        with sp.Client(address=address, db_path=db, show_progress=False) as sc:
+                            videos = [sp.NamedVideoStream(sc, f"v{i}", path=p)
+                                      for i, p in enumerate(paths[:n])]
+                            start = time.perf_counter()
+                            sc.io.Input(videos)
+                            times[where].append(time.perf_counter() - start)
+                            if where == "cluster":  # what the client holds of the indexes
+                                kept = len(pickle.dumps([v.index for v in videos]))
+                    finally:
+                        shutil.rmtree(db, ignore_errors=True)
+            base = statistics.median(times["pyav"])
+            t, c = statistics.median(times["threads"]), statistics.median(times["cluster"])
+            print(f"{n:>7} {base:>8.2f} {t:>10.2f} {t / base:>6.2f} {c:>10.2f} {c / base:>6.2f} "
+                  f"{kept / 1024:>11.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer videos, shorter videos")
@@ -246,6 +300,8 @@ def main() -> None:
     if not args.long_only:
         many_clips(args.data, [1, 10, 100] if args.quick else [1, 10, 100, 1000], repeat)
     long_video(args.data, [1, 2, 5] if args.quick else [1, 10, 60], repeat)
+    if not args.long_only:
+        indexing(args.data, [100] if args.quick else [100, 1000], repeat)
 
 
 if __name__ == "__main__":

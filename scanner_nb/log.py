@@ -9,12 +9,15 @@ logger                     what                                                 
 ``scanner_nb.video``       a video index read from the cache, or built anew      DEBUG
 ``scanner_nb.video``       a seek that landed past its keyframe, tried again     DEBUG
 ``scanner_nb.storage``     versions nothing reads swept (replaced, failed runs)  INFO
+``scanner_nb.cluster``     a worker lost mid-run: the partitions computed again  WARNING
+``scanner_nb.cluster``     unbounded-state chains run again after a lost worker  WARNING
 =========================  ====================================================  =========
 
 As a library should, scanner_nb only adds a :class:`logging.NullHandler` to its logger and sets
 no level: nothing is printed until the application configures :mod:`logging`, for instance
 ``logging.basicConfig(level=logging.INFO)``, or :func:`enable` in a notebook. On a
-``dask.distributed`` cluster the messages of tasks are logged on the workers;
+``dask.distributed`` cluster the messages of tasks are logged on the workers (those of
+``scanner_nb.cluster`` on the client);
 ``sc.distributed.forward_logging("scanner_nb", logging.INFO)`` sends them to the client too.
 
 Examples

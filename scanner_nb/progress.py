@@ -43,12 +43,14 @@ from dask.core import flatten
 from dask.utils import key_split
 
 from .errors import KernelError, ScannerError
+from .log import get_logger
 
 __all__ = ["compute"]
 
 NO_WORKERS_TIMEOUT = 5.0  # seconds a cluster may have no live worker before a compute fails
 POLL = 0.5  # seconds between looks at the cluster while waiting for partitions
 UNIT = "partition"
+_log = get_logger("cluster")
 
 
 def compute(collections: Sequence, *, dclient: Any = None, scheduler: Callable | None = None,
@@ -189,6 +191,7 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     from dask.highlevelgraph import HighLevelGraph
 
     _quiet_kernel_errors(dclient)
+    _watch_workers(dclient)
     _require_workers(dclient)
     kwargs.pop("optimize_graph", None)  # the row analysis already built only what is needed
     kwargs.pop("traverse", None)
@@ -376,3 +379,34 @@ def _quiet_kernel_errors(dclient: Any) -> None:
     except Exception:  # old workers or a closed client: the log line stays, nothing breaks
         return
     _QUIETED.add(dclient)
+
+
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _worker_left(event: tuple) -> None:
+    """Log a worker that left the cluster and the partitions Dask computes again because of it
+    (the scheduler's ``remove-worker`` event, on the client's event loop)."""
+    _, msg = event
+    if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+        return
+    running = list(msg.get("processing-tasks") or ())
+    lost = list(msg.get("lost-computed-tasks") or ())
+    if not running and not lost:
+        return
+    ops = sorted({key_split(k) for k in running + lost})
+    _log.warning("worker %s left the cluster%s: %d running and %d finished partition(s) of %s "
+                 "are computed again on the other workers", msg.get("worker", "?"),
+                 "" if msg.get("expected") else " unexpectedly", len(running), len(lost),
+                 ", ".join(ops))
+
+
+def _watch_workers(dclient: Any) -> None:
+    """Log lost workers and the partitions they cost (``scanner_nb.cluster``), once per client;
+    a handler the user set on the scheduler's ``"all"`` topic is left alone."""
+    if dclient in _WATCHED:
+        return
+    _WATCHED.add(dclient)
+    if "all" not in getattr(dclient, "_event_handlers", {}):
+        with contextlib.suppress(Exception):  # a closed client: nothing to watch
+            dclient.subscribe_topic("all", _worker_left)

@@ -17,6 +17,8 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,12 +29,16 @@ import dask.threaded
 from . import progress as progress_
 from . import runtime
 from .errors import ScannerTypeError
+from .log import get_logger
 
 __all__ = ["Session", "connect"]
 
 _CHAIN_ATTEMPTS = 3
-#: Local threads :meth:`Session.map` runs calls on.
-IO_THREADS = 8
+_log = get_logger("cluster")
+
+
+def _call_each(calls: list[Callable]) -> list:
+    return [call() for call in calls]
 
 
 def connect(address: Any):
@@ -127,18 +133,30 @@ class Session:
                 # first row on the workers there are now
                 if dclient is None or attempt == _CHAIN_ATTEMPTS - 1:
                     raise
+                _log.warning("%s: a worker running unbounded-state chains was lost; running "
+                             "them again from their first rows (attempt %d of %d)", label,
+                             attempt + 2, _CHAIN_ATTEMPTS)
 
     def map(self, calls: Sequence[tuple], label: str = "scanner_nb") -> list:
-        """Run independent calls ``(function, *args)`` at once where graphs run: on the
-        cluster's workers, or on up to :data:`IO_THREADS` local threads (such calls mostly
-        wait on files and stores). Returns their results in order; the first error is raised.
+        """Run independent calls ``(function, *args)`` where graphs run, in parallel: on the
+        cluster's workers, or on local threads. Returns their results in order; the first
+        error is raised.
+
+        The calls go in a few tasks per thread of the cluster (or core here), not one task
+        each: a thousand quick calls (indexing short clips) cost no thousand round trips.
         """
         if not calls:
             return []
-        tasks = [dask.delayed(call[0], pure=False)(*call[1:]) for call in calls]
-        threads = {} if self.distributed is not None else {
-            "scheduler": "threads", "num_workers": min(len(calls), IO_THREADS)}
-        return list(self.compute(tasks, progress=False, label=label, **threads))
+        slots = (os.cpu_count() or 1) if self.distributed is None else max(
+            1, sum(self.distributed.nthreads().values()))
+        size = -(-len(calls) // (4 * slots))
+        tasks = [dask.delayed(_call_each, pure=False)(
+            [functools.partial(*call) for call in calls[i:i + size]])
+            for i in range(0, len(calls), size)]
+        local = {} if self.distributed is not None else {"scheduler": "threads",
+                                                          "num_workers": slots}
+        results = self.compute(tasks, progress=False, label=label, **local)
+        return [result for chunk in results for result in chunk]
 
     def compute_now(self, graph, keys: list) -> list:
         """Run a small graph synchronously here (one preview row): no pool, no round trips;

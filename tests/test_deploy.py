@@ -145,7 +145,9 @@ def test_a_file_object_is_not_a_path(s3, tmp_path):
 
 @pytest.mark.deploy
 @pytest.mark.slow
-def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluster, tmp_path):
+def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluster, tmp_path,
+                                                          caplog):
+    caplog.set_level(logging.WARNING, logger="scanner_nb")
     address, workers = cli_cluster
     with sp.Client(address=address, db_path=db_url, storage_options=s3, partition_size=10,
                    show_progress=False) as sc:
@@ -194,6 +196,9 @@ def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluste
         assert mid_run and not thread.is_alive()
         assert victim.wait(10) == -signal.SIGKILL
         target = sp.NamedStream(sc, "squares")
+        # the client says which worker left and which partitions are computed again
+        wait_for(lambda: "left the cluster unexpectedly" in caplog.text, "the log line")
+        assert "slow_square" in caplog.text
         if "error" in outcome:
             assert isinstance(outcome["error"], sp.ScannerError), repr(outcome["error"])
             assert not target.exists()
