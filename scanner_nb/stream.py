@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -451,12 +452,23 @@ class _Request:
         ``None`` and computes the Streams apart: right results, shared work done for each)."""
         fields = tuple(getattr(self, f.name) for f in dataclasses.fields(self))
         try:  # tried apart, then sent in the graph's one pickle: requests share plan nodes
-            cloudpickle.dumps(fields)
+            _DataAside(io.BytesIO()).dump(fields)
         except Exception:  # noqa: BLE001 - what does not pickle raises many kinds
             key = uuid.uuid4().hex
             _HERE[key] = self
             return (_made_here, (key,))
         return (_Request, fields)
+
+
+class _DataAside(cloudpickle.CloudPickler):
+    """A pickler that tells whether something pickles without copying its arrays' data: a
+    numeric array always pickles, so it is written as an empty one (in-memory frames cost
+    nothing to check)."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray and not obj.dtype.hasobject:
+            return np.empty, (0,)
+        return super().reducer_override(obj)
 
 
 _HERE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # key -> request made here
