@@ -76,10 +76,26 @@ class NamedStream(Source):
         from ..names import validate_name
 
         self._client = sc
+        self._db = None  # where a handle sent to another process finds its database
         self.name = validate_name(name)
         self._manifest: dict | None = None
         self._held = None
         self._fixed = False
+
+    def __getstate__(self) -> dict:
+        """A handle travels (in a plan sent to a remote scheduler) without its client: a fixed
+        one with its database and manifest, enough to plan and read its version; the hold on
+        that version stays with the handle here."""
+        state = dict(self.__dict__, _client=None, _held=None)
+        if self._fixed:
+            state["_db"] = self.db
+        return state
+
+    def __copy__(self) -> NamedStream:
+        """A copy in this process keeps the client (only pickling leaves it behind)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
 
     @property
     def label(self) -> str:
@@ -88,7 +104,7 @@ class NamedStream(Source):
     @property
     def db(self):
         """The database the stream lives in."""
-        return self._client.db
+        return self._client.db if self._client is not None else self._db
 
     def manifest(self) -> dict:
         """The stored stream's manifest (type, length, chunks); ``StreamNotFoundError`` if absent.
