@@ -203,7 +203,9 @@ def chain_instance(ctx: OpContext, chain: str, part: int, stream: int, row: int,
         raise ChainMoved(
             f"op {ctx.spec.name!r} (unbounded state), stream {stream}: partition {part} of its "
             f"chain ran in a process that does not hold the chain's instance (expected partition "
-            f"{expected}); the chain must run in one process")
+            f"{expected}); the chain must run in one process, and its worker was lost or the "
+            f"task moved. A Stream's compute() and sc.run run the chain again from its first "
+            f"row on their own; after a plain dask.compute, call it again")
     return kernel
 
 
