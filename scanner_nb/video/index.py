@@ -79,8 +79,8 @@ class VideoIndex:
     by_order : bool
         Rows are counted in the decoder's output order (timestamps duplicated or missing).
     keyframe_pos : numpy.ndarray
-        Byte position of each keyframe's packet (``-1`` unknown); finds where a seek landed
-        when timestamps cannot.
+        Byte position of each keyframe's packet (``-1`` unknown; empty in a light index);
+        finds where a seek landed when timestamps cannot.
     damaged : bool
         Packets were flagged corrupt or the file ends in damaged data: decode it
         single-threaded, so the same frames are found damaged every time.
@@ -139,8 +139,8 @@ class VideoIndex:
             raise ScannerValueError(f"keyframe row {keyframes[-1]} outside {n} frames")
         if self.rotation not in (0, 90, 180, 270):
             raise ScannerValueError(f"rotation must be 0, 90, 180 or 270, got {self.rotation!r}")
-        positions = (np.full(len(keyframes), -1) if self.keyframe_pos is None
-                     else self.keyframe_pos)
+        positions = (self.keyframe_pos if self.keyframe_pos is not None
+                     else np.full(len(keyframes) if pts is not None else 0, -1))
         object.__setattr__(self, "pts", pts)
         object.__setattr__(self, "keyframes", keyframes)
         object.__setattr__(self, "keyframe_pos", _frozen_int64(positions))
