@@ -191,7 +191,6 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     from dask.highlevelgraph import HighLevelGraph
 
     _quiet_kernel_errors(dclient)
-    _watch_workers(dclient)
     _require_workers(dclient)
     kwargs.pop("optimize_graph", None)  # the row analysis already built only what is needed
     kwargs.pop("traverse", None)
@@ -206,7 +205,7 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     flat = list({id(f): f for f in [*flatten(futures), *watched]}.values())
     try:
         with (_Bar(len(watched), label) if show else contextlib.nullcontext()) as bar:
-            _wait(dclient, flat, {id(f) for f in watched}, bar.update if show else None)
+            _wait(dclient, flat, {id(f) for f in watched}, bar.update if show else None, label)
         parts = dclient.gather(futures)
     except BaseException as exc:
         dclient.cancel(flat)
@@ -230,19 +229,23 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     return results
 
 
-def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None] | None) -> None:
+def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None] | None,
+          label: str = "scanner_nb") -> None:
     """Wait for every future, ticking per finished one whose ``id`` is in ``counted``; raise
     the first failure at once.
 
-    Between looks the cluster's workers are counted: with none for ``NO_WORKERS_TIMEOUT``
-    seconds the wait ends with a :class:`ScannerError` rather than waiting forever.
+    Every ``POLL`` seconds the cluster's workers are looked at: one that left is logged
+    (``scanner_nb.cluster``) with what Dask now computes again, and with no worker for
+    ``NO_WORKERS_TIMEOUT`` seconds the wait ends with a :class:`ScannerError` rather than
+    waiting forever.
     """
     finished: queue.Queue = queue.Queue()  # done callbacks run on the client's loop thread
     for f in futures:
         f.add_done_callback(finished.put)
-    left = len(futures)
+    pending = {id(f): f for f in futures}
+    workers, looked = _live_workers(dclient), time.monotonic()
     alone_since = None
-    while left:
+    while pending:
         try:
             done = [finished.get(timeout=POLL)]
         except queue.Empty:
@@ -252,16 +255,22 @@ def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None]
                 done.append(finished.get_nowait())
             except queue.Empty:
                 break
-        left -= len(done)
         for f in done:
+            pending.pop(id(f), None)
             if f.status != "finished":
                 f.result()  # raises the task's exception (a KernelError, a KilledWorker, ...)
-        if done:
-            if tick is not None:
-                tick(sum(id(f) in counted for f in done))
-            alone_since = None
+        if done and tick is not None:
+            tick(sum(id(f) in counted for f in done))
+        if time.monotonic() - looked < POLL:
             continue
-        if _live_workers(dclient):
+        now, looked = _live_workers(dclient), time.monotonic()
+        for worker in sorted(workers - now):
+            _log.warning("worker %s left the cluster while computing %r: Dask computes the "
+                         "partitions it held again on the other workers (%d of %d partitions "
+                         "left, of %s)", worker, label, len(pending), len(futures),
+                         ", ".join(sorted({key_split(f.key) for f in pending.values()})))
+        workers = now
+        if now:
             alone_since = None
         elif alone_since is None:
             alone_since = time.monotonic()
@@ -286,9 +295,10 @@ def _with_local_files(op: str, frames: list) -> list:
             for filename, line, name in frames]
 
 
-def _live_workers(dclient: Any) -> int:
+def _live_workers(dclient: Any) -> set[str]:
+    """The addresses of the cluster's workers now."""
     try:
-        return len(dclient.nthreads())
+        return set(dclient.nthreads())
     except Exception as exc:  # the scheduler is gone
         raise ScannerError(f"lost the connection to the Dask scheduler "
                            f"{_address(dclient)}: {exc}") from exc
@@ -379,34 +389,3 @@ def _quiet_kernel_errors(dclient: Any) -> None:
     except Exception:  # old workers or a closed client: the log line stays, nothing breaks
         return
     _QUIETED.add(dclient)
-
-
-_WATCHED: weakref.WeakSet = weakref.WeakSet()
-
-
-def _worker_left(event: tuple) -> None:
-    """Log a worker that left the cluster and the partitions Dask computes again because of it
-    (the scheduler's ``remove-worker`` event, on the client's event loop)."""
-    _, msg = event
-    if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
-        return
-    running = list(msg.get("processing-tasks") or ())
-    lost = list(msg.get("lost-computed-tasks") or ())
-    if not running and not lost:
-        return
-    ops = sorted({key_split(k) for k in running + lost})
-    _log.warning("worker %s left the cluster%s: %d running and %d finished partition(s) of %s "
-                 "are computed again on the other workers", msg.get("worker", "?"),
-                 "" if msg.get("expected") else " unexpectedly", len(running), len(lost),
-                 ", ".join(ops))
-
-
-def _watch_workers(dclient: Any) -> None:
-    """Log lost workers and the partitions they cost (``scanner_nb.cluster``), once per client;
-    a handler the user set on the scheduler's ``"all"`` topic is left alone."""
-    if dclient in _WATCHED:
-        return
-    _WATCHED.add(dclient)
-    if "all" not in getattr(dclient, "_event_handlers", {}):
-        with contextlib.suppress(Exception):  # a closed client: nothing to watch
-            dclient.subscribe_topic("all", _worker_left)

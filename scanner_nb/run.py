@@ -225,8 +225,11 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
         deps[final] = {k[0][0] for k in keys if k}
         graph = HighLevelGraph(layers, deps)
         threads = _threads_within_budget(client, perf, largest)
+        stored = [t.name for _, _, t in todo]
+        label = "sc.run " + ", ".join(stored[:3]) + (f" (+{len(stored) - 3})" if len(stored) > 3
+                                                      else "")
         (infos,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
-                                              progress=show_progress,
+                                              progress=show_progress, label=label,
                                               **({"num_workers": threads} if threads else {}))
     except BaseException:
         for writer, *_ in writers:

@@ -197,8 +197,8 @@ def test_cli_cluster_s3_store_and_a_worker_killed_mid_run(s3, db_url, cli_cluste
         assert victim.wait(10) == -signal.SIGKILL
         target = sp.NamedStream(sc, "squares")
         # the client says which worker left and which partitions are computed again
-        wait_for(lambda: "left the cluster unexpectedly" in caplog.text, "the log line")
-        assert "slow_square" in caplog.text
+        wait_for(lambda: "left the cluster while computing" in caplog.text, "the log line")
+        assert "sc.run squares" in caplog.text
         if "error" in outcome:
             assert isinstance(outcome["error"], sp.ScannerError), repr(outcome["error"])
             assert not target.exists()
