@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -217,6 +218,66 @@ def _check_basics_widgets(nb):
     assert video, "01 has no show_video() cell"
     html = "\n".join(o.get("data", {}).get("text/html", "") for o in video[-1].outputs)
     assert "<video" in html and "data:video/mp4;base64," in html
+
+
+LAYOUTS = {  # a cell's source: the still its saved output must carry (height, width)
+    "frames.preview()": (90, 160),
+    "small.preview()": (46, 80),
+    "widgets.HBox([frames.preview(), small.preview()])": (90, 160 + 8 + 80),
+    "widgets.VBox([frames.preview(), small.preview()])": (90 + 8 + 46, 160),
+    'widgets.Tab([frames.preview(), small.preview()], titles=["input", "small"])': (144, 160),
+    "@widgets.interact(k=(1, 9, 2))\ndef blurred(k=3):\n"
+    "    return sc.ops.Blur(frame=frames, kernel_size=k, sigma=1.0).preview()": (90, 160),
+}
+
+
+def test_saved_layouts_of_previews_show_every_frame(tmp_path):
+    """A user's own layout of previews (``HBox``, ``VBox``, ``Tab``, ``interact``), executed and
+    saved, keeps each preview's frame in one image laid out like the box, and nbconvert's HTML
+    of the saved file (no widget state, as JupyterLab saves it) shows those images."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, tempfile\n"
+        "import ipywidgets as widgets\n"
+        "import scanner_nb as sp\n"
+        "import scanner_nb.imgproc\n"
+        "from scanner_nb.samples import make_video\n"
+        "work = tempfile.mkdtemp()\n"
+        "path = make_video(os.path.join(work, 'tiny.mp4'), n_frames=12, width=160, height=90)\n"
+        "sc = sp.Client(db_path=os.path.join(work, 'db'), show_progress=False)\n"
+        "frames = sc.io.Input([sp.NamedVideoStream(sc, 'tiny', path=path)])\n"
+        "small = sc.ops.Resize(frame=frames, width=[80], height=[46])"),
+        *(nbformat.v4.new_code_cell(source) for source in LAYOUTS)]
+    path = tmp_path / "layouts.ipynb"
+    nbformat.write(nb, path)
+    nb, _ = _run(path, tmp_path)
+    assert not _errors(nb), _errors(nb)
+    nb.metadata.pop("widgets", None)  # JupyterLab saves no widget state by default
+    nbformat.write(nb, path)
+    saved = nbformat.read(path, as_version=4)
+
+    stills = {}
+    for cell in saved.cells[1:]:
+        (output,) = [o for o in cell.outputs if WIDGET_MIME in o.get("data", {})]
+        stills[cell.source] = iio.imread(base64.b64decode(output.data["image/jpeg"]))
+        assert stills[cell.source].shape == (*LAYOUTS[cell.source], 3), cell.source
+    one, small, hbox, vbox, tab, interact = stills.values()
+    for box in (hbox, vbox, tab):  # each preview's own frame, where the box puts it
+        assert np.abs(box[:90, :160].astype(int) - one).mean() < 4
+    assert np.abs(hbox[:46, 168:].astype(int) - small).mean() < 4
+    assert np.abs(vbox[98:, :80].astype(int) - small).mean() < 4
+    assert hbox[46:, 168:].mean() > 250 and vbox[98:, 80:].mean() > 250  # padding is white
+    assert np.abs(interact.astype(int) - one).mean() > 1  # the function's blurred frame
+    assert saved.cells[3].outputs[0].data["text/plain"].splitlines() == [
+        "HBox of 2 previews", "Preview: tiny, row 0 of 12", "Preview: tiny, row 0 of 12"]
+
+    nbconvert = pytest.importorskip("nbconvert")
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(saved)
+    shown = [iio.imread(base64.b64decode(data)).shape[:2] for data in
+             re.findall(r'<img[^>]+src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', body)]
+    assert shown == list(LAYOUTS.values())
 
 
 def test_kernel_is_this_python(tmp_path):
