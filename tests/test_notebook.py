@@ -463,11 +463,14 @@ def test_interact_returning_a_preview_saves_its_frame(previews):
         made.append(previews(lambda s, r: _frames(2)[r] // k, [2], is_frame=True))
         return made[-1]
 
-    box = widgets.interactive(blurred, k=(1, 9, 2))
+    box = widgets.interactive(blurred, {"auto_display": True}, k=(1, 9, 2))  # as interact()
     data = _formatter()(box)
     assert data["text/plain"] == "interactive of 1 preview\nPreview: stream 0, row 0 of 2"
     np.testing.assert_allclose(_still_of(data), _frames(2)[0] // 3, atol=8)
+    quiet = widgets.interactive(blurred, k=(1, 9, 2))  # its result is not shown: nor saved
+    assert "image/jpeg" not in _formatter()(quiet)
     box.close()
+    quiet.close()
 
 
 def test_notebook_module_examples():

@@ -9,8 +9,8 @@ A user's own layout of previews, ``HBox([a.preview(), b.preview()])``, a ``VBox`
 ``GridBox`` or ``interact`` returning a preview, is displayed by ipywidgets with only its repr.
 :func:`register` gives such layouts the same kind of still, through IPython's documented hook
 for other libraries' types (``mimebundle_formatter.for_type(ipywidgets.Box, ...)``): the frames
-of every preview inside, as one image laid out like the box (side by side in an ``HBox``,
-stacked in a ``VBox`` or ``Tab``), and their captions as text. A box holding no preview, and
+of every preview inside, as one image laid out like the box (side by side in an ``HBox`` or
+``GridBox``, stacked in a ``VBox`` or ``Tab``), and their captions as text. A box holding no preview, and
 any display data a box class makes itself beyond its repr, are left exactly as they were; a
 formatter registered for ``Box`` before this one is called first. ``Preview`` registers it in
 the running IPython when it is made.
@@ -141,10 +141,12 @@ def _picture(widget: Any, previews: list, within: tuple = ()) -> np.ndarray | No
 
 def _shown_children(widget: Any) -> list:
     """A box's children, and the widget an ``interact`` function returned (shown in its output)."""
-    children = list(getattr(widget, "children", ()) if isinstance(widget, widgets.Box) else ())
-    result = getattr(widget, "result", None)
-    if isinstance(widget, widgets.interactive) and isinstance(result, widgets.Widget):
-        children.append(result)
+    if not isinstance(widget, widgets.Box):
+        return []
+    children = list(widget.children)
+    if (isinstance(widget, widgets.interactive) and widget.auto_display
+            and isinstance(widget.result, widgets.Widget)):
+        children.append(widget.result)
     return children
 
 
