@@ -432,7 +432,8 @@ def test_a_box_formatter_registered_before_is_called_first(previews):
     box = widgets.HBox([previews(lambda s, r: frames[r], [2], is_frame=True)])
     shell = SimpleNamespace(display_formatter=DisplayFormatter())
     formatters = shell.display_formatter.mimebundle_formatter
-    formatters.for_type(widgets.Box, lambda b: {**b._repr_mimebundle_(), "text/markdown": "**box**"})
+    formatters.for_type(widgets.Box,
+                        lambda b: {**b._repr_mimebundle_(), "text/markdown": "**box**"})
     register(shell)
     assert shell.display_formatter.format(box)[0]["text/markdown"] == "**box**"
     assert not any(m.startswith("image/") for m in shell.display_formatter.format(box)[0])

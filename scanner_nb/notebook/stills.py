@@ -1,19 +1,20 @@
 """What a saved notebook shows of a preview, alone or in a user's layout, where no widget runs.
 
-A saved widget output is its model id plus whatever else its display data carries; GitHub,
-nbviewer and nbconvert (and JupyterLab without the widget state) show only the latter. A
-:class:`~scanner_nb.notebook.preview.Preview` therefore carries a *still*: its shown frame as a
-JPEG/PNG image and a caption naming stream and row (or, for elements drawn as text, their HTML).
+A saved widget output is its model id plus whatever else its display data carries; without the
+widget state (JupyterLab saves none by default) GitHub, nbviewer and nbconvert show only the
+latter. A :class:`~scanner_nb.notebook.preview.Preview` therefore carries a *still*: its shown
+frame as a JPEG/PNG image and a caption naming stream and row (or, for elements drawn as text,
+their HTML).
 
 A user's own layout of previews, ``HBox([a.preview(), b.preview()])``, a ``VBox``, ``Tab``,
 ``GridBox`` or ``interact`` returning a preview, is displayed by ipywidgets with only its repr.
 :func:`register` gives such layouts the same kind of still, through IPython's documented hook
 for other libraries' types (``mimebundle_formatter.for_type(ipywidgets.Box, ...)``): the frames
 of every preview inside, as one image laid out like the box (side by side in an ``HBox`` or
-``GridBox``, stacked in a ``VBox`` or ``Tab``), and their captions as text. A box holding no preview, and
-any display data a box class makes itself beyond its repr, are left exactly as they were; a
-formatter registered for ``Box`` before this one is called first. ``Preview`` registers it in
-the running IPython when it is made.
+``GridBox``, stacked in a ``VBox`` or ``Tab``), and their captions as text. A box holding no
+preview, and any display data a box class makes itself beyond its repr, are left exactly as
+they were; a formatter registered for ``Box`` before this one is called first. ``Preview``
+registers it in the running IPython when it is made.
 
 Cost notes: a box's still decodes each preview's shown image and encodes the joined one once
 per display (a few ms for a few 640x360 frames); a box without previews costs a walk of its
