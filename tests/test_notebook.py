@@ -333,8 +333,10 @@ def test_compare_shows_each_collection_on_one_slider(previews):
         [p.panels[0].title, p.panels[0].image], [p.panels[1].title, p.panels[1].image]]
     bundle = p._repr_mimebundle_()
     assert bundle["text/plain"] == "Preview of original | inverted: stream 0, row 3 of 8"
-    still = _decode(base64.b64decode(bundle["image/jpeg"]))
-    assert still.shape == (48, 64 + 8 + 64, 3)  # both frames side by side
+    still = _decode(base64.b64decode(bundle["image/png"]))  # encoded as the preview's frames
+    assert still.shape == (48, 64 + 8 + 64, 3)  # both frames side by side, exact
+    np.testing.assert_array_equal(still[:, :64], left[3])
+    np.testing.assert_array_equal(still[:, 72:], right[3])
 
 
 def test_saved_preview_carries_its_frame_and_a_caption(previews):
@@ -353,6 +355,132 @@ def test_saved_preview_carries_its_frame_and_a_caption(previews):
     assert text["text/plain"] == "Preview: stream 0, row 0 of 3"
     assert "Preview: stream 0, row 0 of 3" in text["text/html"]
     assert "{'row': 0, 'label': '&lt;cat&gt;'}</pre>" in text["text/html"]  # the element
+
+
+def _still_of(data: dict) -> np.ndarray:
+    (mime,) = [m for m in data if m.startswith("image/")]
+    return _decode(base64.b64decode(data[mime]))
+
+
+def _formatter():
+    """IPython's display formatter with scanner_nb's box still registered (no global shell)."""
+    from types import SimpleNamespace
+
+    from IPython.core.formatters import DisplayFormatter
+
+    from scanner_nb.notebook.stills import register
+
+    shell = SimpleNamespace(display_formatter=DisplayFormatter())
+    assert register(shell) and register(shell)  # a second call changes nothing
+    return lambda obj: shell.display_formatter.format(obj)[0]
+
+
+def test_a_box_of_previews_saves_each_frame_laid_out_like_the_box(previews):
+    """``HBox([a.preview(), b.preview()])``, displayed, carries both frames side by side (a
+    ``VBox`` or ``Tab`` one under the other, nested boxes nested) and every caption."""
+    import ipywidgets as widgets
+
+    red = np.zeros((48, 64, 3), np.uint8)
+    red[..., 0] = 220
+    blue = np.zeros((30, 40, 3), np.uint8)
+    blue[..., 2] = 220
+    a = previews(lambda s, r: red, [5], is_frame=True, stream_names=["red"])
+    b = previews(lambda s, r: blue, [7], is_frame=True, stream_names=["blue"])
+    b.slider.value = 2
+    show = _formatter()
+
+    data = show(widgets.HBox([a, b]))
+    assert "application/vnd.jupyter.widget-view+json" in data  # still the live widget
+    assert data["text/plain"].splitlines() == [
+        "HBox of 2 previews", "Preview: red, row 0 of 5", "Preview: blue, row 2 of 7"]
+    still = _still_of(data)
+    assert still.shape == (48, 64 + 8 + 40, 3)
+    np.testing.assert_allclose(still[:, :64].mean(axis=(0, 1)), [220, 0, 0], atol=3)
+    np.testing.assert_allclose(still[:30, 72:].mean(axis=(0, 1)), [0, 0, 220], atol=3)
+    assert still[34:, 72:].min() > 240 and still[:, 66:70].min() > 240  # white padding, gap
+
+    assert _still_of(show(widgets.VBox([a, b]))).shape == (48 + 8 + 30, 64, 3)
+    assert _still_of(show(widgets.Tab([a, b]))).shape == (48 + 8 + 30, 64, 3)
+    column = widgets.HBox([a, b], layout=widgets.Layout(flex_flow="column"))
+    assert _still_of(show(column)).shape == (48 + 8 + 30, 64, 3)
+    nested = widgets.VBox([widgets.HTML("<b>before / after</b>"), widgets.HBox([a, b]), a])
+    data = show(nested)
+    assert _still_of(data).shape == (48 + 8 + 48, 64 + 8 + 40, 3)  # a shown twice: drawn twice
+    assert data["text/plain"].splitlines()[0] == "VBox of 3 previews"
+    assert show(a)["text/plain"] == "Preview: red, row 0 of 5"  # a preview alone: as before
+
+
+def test_a_box_without_previews_displays_as_ipywidgets_makes_it(previews):
+    import ipywidgets as widgets
+
+    show = _formatter()
+    box = widgets.HBox([widgets.IntSlider(3), widgets.Label("no preview")])
+    assert show(box) == box._repr_mimebundle_()
+    box.close()
+
+
+def test_a_box_formatter_registered_before_is_called_first(previews):
+    """Another library's formatter for boxes keeps working; its own fallback is left alone."""
+    from types import SimpleNamespace
+
+    import ipywidgets as widgets
+    from IPython.core.formatters import DisplayFormatter
+
+    from scanner_nb.notebook.stills import register
+
+    frames = _frames(2)
+    box = widgets.HBox([previews(lambda s, r: frames[r], [2], is_frame=True)])
+    shell = SimpleNamespace(display_formatter=DisplayFormatter())
+    formatters = shell.display_formatter.mimebundle_formatter
+    formatters.for_type(widgets.Box,
+                        lambda b: {**b._repr_mimebundle_(), "text/markdown": "**box**"})
+    register(shell)
+    assert shell.display_formatter.format(box)[0]["text/markdown"] == "**box**"
+    assert not any(m.startswith("image/") for m in shell.display_formatter.format(box)[0])
+    formatters.pop(widgets.Box)
+    formatters.for_type(widgets.Box, lambda b: b._repr_mimebundle_())
+    register(shell)
+    assert "image/jpeg" in shell.display_formatter.format(box)[0]
+
+
+def test_a_box_of_text_previews_saves_their_text(previews):
+    import ipywidgets as widgets
+
+    a = previews(lambda s, r: {"row": r}, [3], is_frame=False)
+    b = previews(lambda s, r: 1 / 0, [3], is_frame=False)
+    data = _formatter()(widgets.HBox([a, b]))
+    assert not any(m.startswith("image/") for m in data)
+    assert "{'row': 0}</pre>" in data["text/html"] and "ZeroDivisionError" in data["text/html"]
+    assert data["text/html"].count("Preview: stream 0, row 0 of 3") == 2
+
+
+def test_interact_returning_a_preview_saves_its_frame(previews):
+    """``interact`` shows the function's preview in its output; the saved still has it."""
+    import ipywidgets as widgets
+
+    made = []
+
+    def blurred(k=3):
+        made.append(previews(lambda s, r: _frames(2)[r] // k, [2], is_frame=True))
+        return made[-1]
+
+    box = widgets.interactive(blurred, {"auto_display": True}, k=(1, 9, 2))  # as interact()
+    data = _formatter()(box)
+    assert data["text/plain"] == "interactive of 1 preview\nPreview: stream 0, row 0 of 2"
+    np.testing.assert_allclose(_still_of(data), _frames(2)[0] // 3, atol=8)
+    quiet = widgets.interactive(blurred, k=(1, 9, 2))  # its result is not shown: nor saved
+    assert "image/jpeg" not in _formatter()(quiet)
+    box.close()
+    quiet.close()
+
+
+def test_notebook_module_examples():
+    import doctest
+
+    from scanner_nb.notebook import _image, preview, stills
+
+    for module in (_image, preview, stills):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 def test_empty_stream(previews):

@@ -9,9 +9,11 @@ the notebooks make in ``tempfile.mkdtemp()`` never land in the repository or sta
 Checks: no ``error`` output in any cell, every code cell executed, and a few outputs per notebook
 that show the tutorial did what its text says (01 renders a preview widget and a ``<video>``).
 Every widget output of scanner_nb carries a still fallback in the saved file (a preview its
-frame as an image and a caption, a progress bar its final state as text), and 07 exported to
-HTML with nbconvert shows the preview's frame. The saved notebooks are checked to carry no
-outputs and the ``python3`` kernelspec.
+frame as an image and a caption, a user's box of previews their frames in one image, a progress
+bar its final state as text), and 07 exported to HTML with nbconvert shows the previews' frames;
+a notebook of ``HBox``, ``VBox``, ``Tab`` and ``interact`` layouts of previews checks each
+layout's saved image. The saved notebooks are checked to carry no outputs and the ``python3``
+kernelspec.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 nbformat = pytest.importorskip("nbformat")
@@ -177,19 +180,20 @@ def _check_fallbacks(nb):
     for output in _widget_outputs(nb):
         data = output.data
         text = data.get("text/plain", "")
-        if text.startswith("Preview"):
+        if text.startswith("Preview") or text.startswith("HBox of 2 previews\nPreview"):
             images = [m for m in ("image/jpeg", "image/png") if m in data]
-            assert images, f"a preview saved without its frame: {text!r}"
+            assert images, f"a preview (or a user's box of them) saved without a frame: {text!r}"
             picture = iio.imread(base64.b64decode(data[images[0]]))
             assert picture.ndim == 3 and picture.shape[0] >= 16 and picture.std() > 0
         elif "partition" in text:  # a progress bar
             assert re.search(r"100%\|[#]+\| (\d+)/\1", text), f"bar saved unfinished: {text!r}"
-        else:  # others' widgets (a LocalCluster's) bring HTML; a user's HBox shows its repr
-            assert "text/html" in data or text.startswith("HBox(children=(Preview("), text
+        else:  # others' widgets (a LocalCluster's) bring HTML
+            assert "text/html" in data, text
 
 
 def _check_html_export(nb):
-    """nbconvert's HTML of the executed notebook shows the compare preview's frame.
+    """nbconvert's HTML of the executed notebook shows the frames of the compare preview and of
+    the user's ``HBox`` of two previews.
 
     JupyterLab saves no widget state by default, and neither GitHub nor nbviewer runs one, so
     the state nbclient stored is dropped first, as for a user's saved notebook."""
@@ -198,9 +202,9 @@ def _check_html_export(nb):
     nb.metadata.pop("widgets", None)
     body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
     found = re.findall(r'<img[^>]+src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', body)
-    assert found, "the preview's frame is not in the exported HTML"
-    picture = iio.imread(base64.b64decode(found[0]))
-    assert picture.shape == (90, 160 + 8 + 160, 3)  # input and blurred frame side by side
+    shapes = [iio.imread(base64.b64decode(data)).shape for data in found]
+    # input and blurred frame side by side; then blurred and gray, in the HBox
+    assert shapes == [(90, 160 + 8 + 160, 3)] * 2, "the previews' frames are not in the HTML"
     assert "100%|##########| 4/4" in body  # the finished progress bar
 
 
@@ -217,6 +221,66 @@ def _check_basics_widgets(nb):
     assert video, "01 has no show_video() cell"
     html = "\n".join(o.get("data", {}).get("text/html", "") for o in video[-1].outputs)
     assert "<video" in html and "data:video/mp4;base64," in html
+
+
+LAYOUTS = {  # a cell's source: the still its saved output must carry (height, width)
+    "frames.preview()": (90, 160),
+    "small.preview()": (46, 80),
+    "widgets.HBox([frames.preview(), small.preview()])": (90, 160 + 8 + 80),
+    "widgets.VBox([frames.preview(), small.preview()])": (90 + 8 + 46, 160),
+    'widgets.Tab([frames.preview(), small.preview()], titles=["input", "small"])': (144, 160),
+    "@widgets.interact(k=(1, 9, 2))\ndef blurred(k=3):\n"
+    "    return sc.ops.Blur(frame=frames, kernel_size=k, sigma=1.0).preview()": (90, 160),
+}
+
+
+def test_saved_layouts_of_previews_show_every_frame(tmp_path):
+    """A user's own layout of previews (``HBox``, ``VBox``, ``Tab``, ``interact``), executed and
+    saved, keeps each preview's frame in one image laid out like the box, and nbconvert's HTML
+    of the saved file (no widget state, as JupyterLab saves it) shows those images."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import os, tempfile\n"
+        "import ipywidgets as widgets\n"
+        "import scanner_nb as sp\n"
+        "import scanner_nb.imgproc\n"
+        "from scanner_nb.samples import make_video\n"
+        "work = tempfile.mkdtemp()\n"
+        "path = make_video(os.path.join(work, 'tiny.mp4'), n_frames=12, width=160, height=90)\n"
+        "sc = sp.Client(db_path=os.path.join(work, 'db'), show_progress=False)\n"
+        "frames = sc.io.Input([sp.NamedVideoStream(sc, 'tiny', path=path)])\n"
+        "small = sc.ops.Resize(frame=frames, width=[80], height=[46])"),
+        *(nbformat.v4.new_code_cell(source) for source in LAYOUTS)]
+    path = tmp_path / "layouts.ipynb"
+    nbformat.write(nb, path)
+    nb, _ = _run(path, tmp_path)
+    assert not _errors(nb), _errors(nb)
+    nb.metadata.pop("widgets", None)  # JupyterLab saves no widget state by default
+    nbformat.write(nb, path)
+    saved = nbformat.read(path, as_version=4)
+
+    stills = {}
+    for cell in saved.cells[1:]:
+        (output,) = [o for o in cell.outputs if WIDGET_MIME in o.get("data", {})]
+        stills[cell.source] = iio.imread(base64.b64decode(output.data["image/jpeg"]))
+        assert stills[cell.source].shape == (*LAYOUTS[cell.source], 3), cell.source
+    one, small, hbox, vbox, tab, interact = stills.values()
+    for box in (hbox, vbox, tab):  # each preview's own frame, where the box puts it
+        assert np.abs(box[:90, :160].astype(int) - one).mean() < 4
+    assert np.abs(hbox[:46, 168:].astype(int) - small).mean() < 4
+    assert np.abs(vbox[98:, :80].astype(int) - small).mean() < 4
+    assert hbox[46:, 168:].mean() > 250 and vbox[98:, 80:].mean() > 250  # padding is white
+    assert np.abs(interact.astype(int) - one).mean() > 1  # the function's blurred frame
+    assert saved.cells[3].outputs[0].data["text/plain"].splitlines() == [
+        "HBox of 2 previews", "Preview: tiny, row 0 of 12", "Preview: tiny, row 0 of 12"]
+
+    nbconvert = pytest.importorskip("nbconvert")
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(saved)
+    shown = [iio.imread(base64.b64decode(data)).shape[:2] for data in
+             re.findall(r'<img[^>]+src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', body)]
+    assert shown == list(LAYOUTS.values())
 
 
 def test_kernel_is_this_python(tmp_path):

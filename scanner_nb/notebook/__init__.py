@@ -6,6 +6,7 @@ without a browser and without a graph:
 =============  ==========================================================================
 ``repr``       ``plan_html(summary)`` / ``plan_text(summary)``: pure strings, no widgets
 ``preview``    ``Preview(fetch, lengths, is_frame=...)``: ipywidgets slider + Play + image
+``stills``     ``bundle(widget, data)``: the saved still of a preview, or of a box of them
 ``plot``       ``plot_elements(series, labels)``: scalars or vectors against row index
 ``video``      ``show_video_html(frames, fps)``: an inline base64 H.264 ``<video>``
 ``cluster``    ``keep_workers_on_interrupt(cluster)``: a LocalCluster that survives an interrupt

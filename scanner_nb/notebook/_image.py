@@ -1,4 +1,4 @@
-"""Image-like values to uint8 arrays: the one conversion the notebook modules share."""
+"""Image-like values to uint8 arrays, and several images joined into one (for saved stills)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_uint8_image"]
+__all__ = ["join_images", "to_uint8_image"]
 
 
 def to_uint8_image(value: Any) -> np.ndarray | None:
@@ -52,3 +52,28 @@ def to_uint8_image(value: Any) -> np.ndarray | None:
     if np.issubdtype(a.dtype, np.integer):
         return np.clip(a, 0, 255).astype(np.uint8)
     return None
+
+
+def join_images(pictures: list[np.ndarray], vertical: bool = False, gap: int = 8) -> np.ndarray:
+    """Uint8 images side by side (or stacked) as one RGB image, on white, ``gap`` pixels apart.
+
+    Gray images become RGB, alpha is dropped, and smaller ones are padded at their end.
+
+    >>> join_images([np.zeros((2, 3), np.uint8), np.zeros((4, 1, 3), np.uint8)]).shape
+    (4, 12, 3)
+    >>> join_images([np.zeros((2, 3), np.uint8)] * 2, vertical=True, gap=1).shape
+    (5, 3, 3)
+    """
+    rgb = [p[..., :3] if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pictures]
+    across = 0 if vertical else 1  # the axis the pictures follow each other along
+    side = max(p.shape[1 - across] for p in rgb)
+    parts = []
+    for p in rgb:
+        shape = list(p.shape)
+        shape[1 - across] = side
+        padded = np.full(shape, 255, np.uint8)
+        padded[: p.shape[0], : p.shape[1]] = p
+        gap_shape = list(shape)
+        gap_shape[across] = gap
+        parts += [padded, np.full(gap_shape, 255, np.uint8)]
+    return np.concatenate(parts[:-1], axis=across)

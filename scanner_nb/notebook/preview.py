@@ -21,7 +21,6 @@ and the other rows keep working.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import sys
@@ -36,7 +35,7 @@ from typing import Any, NamedTuple
 import ipywidgets as widgets
 import numpy as np
 
-from scanner_nb.notebook._image import to_uint8_image
+from scanner_nb.notebook._image import join_images, to_uint8_image
 
 __all__ = ["Preview", "Shown"]
 
@@ -373,7 +372,9 @@ class Preview(widgets.VBox):
     A saved notebook keeps, beside the widget, the shown frame as an image (every panel side
     by side; for text elements their text as HTML) and a line of text naming the stream and
     row, which GitHub, nbviewer and nbconvert show where no widget runs. It is the row shown
-    when the cell ran: moving the slider later changes the widget, not the saved still.
+    when the cell ran: moving the slider later changes the widget, not the saved still. A box
+    of previews (``HBox([a, b])``, ``VBox``, ``Tab``, ``interact``) keeps their frames laid out
+    like it, in one image (see :mod:`scanner_nb.notebook.stills`).
 
     Examples
     --------
@@ -472,6 +473,9 @@ class Preview(widgets.VBox):
         self.dropdown.observe(self._on_stream, names="value")
         self.play.observe(self._on_playing, names="playing")
         self._show_safely(0)
+        from scanner_nb.notebook.stills import register
+
+        register()  # a user's HBox, VBox, Tab... of previews saves their frames too
 
     # -- what it is -----------------------------------------------------------------------
 
@@ -529,23 +533,15 @@ class Preview(widgets.VBox):
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         """The widget view, plus the shown frame as an image and a text line (for saved
         notebooks: GitHub, nbviewer and nbconvert show those where no widget runs)."""
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if not isinstance(bundle, dict):
-            return bundle
-        bundle = dict(bundle)
-        bundle["text/plain"] = self._caption()
+        from scanner_nb.notebook.stills import bundle
+
+        data = super()._repr_mimebundle_(**kwargs)
+        if not isinstance(data, dict):
+            return data
         try:
-            image = self._still()
+            return bundle(self, data)
         except Exception:  # a fallback never breaks the display of the widget
-            image = None
-        if image is not None:
-            bundle[f"image/{image.fmt}"] = base64.b64encode(image.data).decode("ascii")
-        else:  # elements drawn as text (or errors): their HTML under the caption
-            shown = "".join(p.view.data for p in self.panels
-                            if p.view is not None and isinstance(p.view.data, str))
-            bundle["text/html"] = (f'<div style="font-size:12px;color:#666">'
-                                   f"{html.escape(self._caption())}</div>{shown}")
-        return bundle
+            return data
 
     def _caption(self) -> str:
         name = self.stream_names[self._stream]
@@ -563,20 +559,18 @@ class Preview(widgets.VBox):
         import imageio.v3 as iio
 
         views = [p.view for p in self.panels if p.view is not None and p.view.kind == "image"]
-        if not views:
-            return None
-        if len(views) == 1:
-            return views[0]
-        pictures = [to_uint8_image(iio.imread(v.data)) for v in views]
-        pictures = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pictures]
-        height = max(p.shape[0] for p in pictures)
-        gap = np.full((height, 8, 3), 255, np.uint8)
-        row = []
-        for p in pictures:
-            pad = np.full((height, p.shape[1], 3), 255, np.uint8)
-            pad[: p.shape[0]] = p[..., :3]
-            row += [pad, gap]
-        return _encode_image(np.concatenate(row[:-1], axis=1), "jpeg", self.jpeg_quality)
+        if len(views) <= 1:
+            return views[0] if views else None
+        return self._encode(join_images([to_uint8_image(iio.imread(v.data)) for v in views]))
+
+    def _encode(self, picture: np.ndarray) -> _View:
+        """A still made of shown frames, encoded as this preview encodes frames."""
+        return _encode_image(picture, self.image_format, self.jpeg_quality)
+
+    def _shown_html(self) -> str:
+        """The HTML of the panels that show text (or an error)."""
+        return "".join(p.view.data for p in self.panels
+                       if p.view is not None and isinstance(p.view.data, str))
 
     def close(self) -> None:
         """Stop the prefetch thread and close the widgets (their views disappear)."""
