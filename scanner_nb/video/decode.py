@@ -460,7 +460,8 @@ def _checked(index: VideoIndex, rows: Iterable[int] | np.ndarray) -> tuple[Video
         bad = int(rows_a[(rows_a < 0) | (rows_a >= n)][0])
         index.check_row(bad)
     if rows_a.size:
-        st = _stat(index.path, index.storage_options)  # a file removed since indexing is "not found", not "corrupt"
+        # a file removed since indexing is "not found", not "corrupt"
+        st = _stat(index.path, index.storage_options)
         if index.size and (st.st_size, st.st_mtime_ns) != (index.size, index.mtime_ns):
             raise VideoError(
                 f"video file {index.path!r} changed since it was indexed; index it again"
