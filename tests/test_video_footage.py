@@ -142,6 +142,7 @@ def test_read_frames_every_row_alone_and_together(footage, references):
             else:
                 ref.check(video.read_frames(index, [r]), [r])
         ref.check(video.read_frames(index, good), good)
+        assert video.damaged_rows(index).tolist() == bad, name
         if bad:
             with pytest.raises(VideoError) as info:
                 video.read_frames(index, np.arange(len(index)))
