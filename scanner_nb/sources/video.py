@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..errors import VideoError
+from ..errors import ScannerValueError, VideoError
 from ..types import Batch
 from .base import Source, frame_partition_rows
 
@@ -63,7 +63,6 @@ class VideoFileSource(Source):
     def __init__(self, name: str, path: str, cache_dir: str | None, track: int = 0,
                  rotate: bool = True, resize: bool = False, storage_options: dict | None = None,
                  damaged: str = "raise"):
-        from ..errors import ScannerValueError
         from ..fsio import location
         from ..video import DAMAGED
 
