@@ -358,3 +358,25 @@ def test_damaged_option_is_checked_and_kept_apart(footage, tmp_path):
     out = nulls.save_mp4(str(tmp_path / "kept"))  # the frames that decode
     assert len(video.index_video(out)) == len(video.index_video(footage["damaged"])) - len(bad)
     sc.close()
+
+
+def test_a_row_the_decoder_skips_is_null_and_the_next_row_still_comes(tmp_path):
+    """An index that lists a frame the decoder never gives (as a file whose packets claim a
+    frame that decodes to nothing): that row is damaged, the rows after it are exact."""
+    from dataclasses import replace
+
+    from scanner_nb.samples import make_video
+
+    real = video.index_video(make_video(str(tmp_path / "skip.mp4"), n_frames=30, gop=10))
+    pts = real.pts.tolist()
+    ghost = replace(real, pts=pts[:15] + [pts[14] + 1] + pts[15:], keyframes=[0, 10, 21])
+    video.close_readers(real.path)
+    try:
+        got = video.read_frames(ghost, [14, 15, 16, 17], damaged="null")
+        assert got[1] is None and [frame_index(f) for f in got[:1] + got[2:]] == [14, 15, 16]
+        assert video.damaged_rows(ghost).tolist() == [15]
+        with pytest.raises(VideoError, match="row 15 .* skipped"):
+            video.read_frames(ghost, [15, 16])
+        assert frame_index(video.read_frames(ghost, [16])[0]) == 15
+    finally:
+        video.close_readers(real.path)
