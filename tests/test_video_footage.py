@@ -6,13 +6,15 @@ mid-GOP, a TS cut off mid-GOP, an mkv whose frames share timestamps, an odd-size
 with two video tracks. The reference is a plain single-threaded PyAV decode of the whole file,
 turned as a player shows it; a row is damaged when it or an earlier frame of its GOP decodes
 as corrupt. Every access path (compute at several partition sizes, Stride, Gather, Range,
-load(rows), row(), sc.run) is compared with it on the threaded scheduler and a LocalCluster.
+load(rows), row(), sc.run) is compared with it on the threaded scheduler and a LocalCluster,
+with damaged rows raising (the default) and as null elements (``damaged="null"``).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,13 +22,15 @@ import video_footage as vf
 
 import scanner_nb as sp
 from scanner_nb import video
-from scanner_nb.errors import VideoError
+from scanner_nb.errors import ScannerValueError, VideoError
+from scanner_nb.samples import frame_index
 
 MAKERS = {
     "rotated": lambda d: vf.rotated(d, 90),
     "rotated_hflip": lambda d: vf.rotated(d, 270, hflip=True, ext="mov"),
     "resolution_change": vf.resolution_change,
     "damaged": vf.damaged,
+    "broken": vf.broken_packet,
     "truncated": vf.truncated,
     "duplicated": vf.duplicated_timestamps,
     "odd_size": vf.odd_size,
@@ -38,10 +42,11 @@ NAMES = list(MAKERS)
 class Reference:
     """What a player shows for each row of one file, and which rows are damaged."""
 
-    def __init__(self, path: str, track: int = 0, rotation: int = 0, hflip: bool = False):
+    def __init__(self, path: str, track: int = 0, rotation: int = 0, hflip: bool = False,
+                 broken: range = range(0)):
         decoded = vf.plain_decode(path, track)
         self.frames = [vf.display(f, rotation, hflip) for f, _, _ in decoded]
-        self.damaged: set[int] = set()
+        self.damaged: set[int] = set(broken)
         tainted = False
         for r, (_, corrupt, key) in enumerate(decoded):
             tainted = corrupt or (tainted and not key)
@@ -69,8 +74,13 @@ def footage(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def references(footage) -> dict[str, Reference]:
     turns = {"rotated": (90, False), "rotated_hflip": (270, True)}
-    return {name: Reference(path, 0, *turns.get(name, (0, False)))
-            for name, path in footage.items()}
+    refs = {name: Reference(path, 0, *turns.get(name, (0, False)))
+            for name, path in footage.items() if name != "broken"}
+    # the decoder fails at frame 50, and the rest of its GOP (to keyframe 80) with it; the
+    # other frames are those of the file before the damage
+    intact = os.path.join(os.path.dirname(footage["broken"]), "broken-intact.mp4")
+    refs["broken"] = Reference(intact, broken=range(50, 80))
+    return refs
 
 
 def good_and_bad(ref: Reference) -> tuple[list[int], list[int]]:
@@ -132,6 +142,7 @@ def test_read_frames_every_row_alone_and_together(footage, references):
             else:
                 ref.check(video.read_frames(index, [r]), [r])
         ref.check(video.read_frames(index, good), good)
+        assert video.damaged_rows(index).tolist() == bad, name
         if bad:
             with pytest.raises(VideoError) as info:
                 video.read_frames(index, np.arange(len(index)))
@@ -257,3 +268,115 @@ def test_short_clips_decode_single_threaded(footage):
     assert (index._key, False) in video.decode._pool.idle
     video.close_readers(index.path)
     assert os.path.exists(index.path)
+
+
+# ------------------------------------------------------------------------------------------
+# damaged="null": the rows that cannot be decoded are null elements, the same on every path
+# ------------------------------------------------------------------------------------------
+
+
+@sp.register_python_op()
+def vf_row(config, frame: sp.FrameType) -> Any:
+    return frame_index(frame)
+
+
+def assert_nulls(ref: Reference, got, rows) -> None:
+    """``got`` is ``None`` at the damaged rows of ``rows`` and the exact frame elsewhere."""
+    assert len(got) == len(rows)
+    assert [r for frame, r in zip(got, rows) if frame is None] == [
+        r for r in rows if r in ref.damaged]
+    ref.check([f for f in got if f is not None], [r for r in rows if r not in ref.damaged])
+
+
+@pytest.mark.parametrize("name", ["damaged", "broken", "truncated"])
+def test_damaged_rows_are_null_on_every_access_path(client, footage, references, name):
+    ref = references[name]
+    n, bad = len(ref.frames), sorted(ref.damaged)
+    assert bad and bad[-1] < n  # len() counts rows the decoder reaches, damaged or not
+    source = sp.NamedVideoStream(client, name, path=footage[name], damaged="null")
+    inp = client.io.Input([source])
+    paths = _paths(client, source, ref, list(range(n)))
+    mid = [bad[0] - 1, bad[0], bad[len(bad) // 2], bad[-1], min(bad[-1] + 1, n - 1)]
+    paths += [
+        ("Gather across the damage", mid, lambda: client.streams.Gather(inp, [mid]).compute()[0]),
+        ("row(first damaged)", [bad[0]], lambda: [inp.row(0, bad[0])]),
+        ("rows() (the preview's path)", mid, lambda: inp.rows(0, mid)),
+        ("load()", list(range(n)), lambda: list(source.load())),
+    ]
+    for label, rows, thunk in paths:
+        got = thunk()
+        if set(rows) & ref.damaged:
+            assert isinstance(got, list), label  # nulls: a list, as API.md says
+        assert_nulls(ref, got, rows)
+    # an op downstream gives null where its input is null
+    assert client.ops.vf_row(frame=inp).compute()[0] == [
+        None if r in ref.damaged else r for r in range(n)]
+    assert source.damaged_rows() == bad
+    # sc.run stores the nulls; loading gives them back
+    (stored,) = client.run(client.io.Output(inp, [sp.NamedVideoStream(client, "stored")]),
+                           show_progress=False)
+    loaded = list(stored.load())
+    assert [r for r, f in enumerate(loaded) if f is None] == bad
+    ref.check([f for f in loaded if f is not None],
+              [r for r in range(n) if r not in ref.damaged], lossy=True)
+
+
+def test_the_same_rows_are_null_every_time(footage, references):
+    """Decoding from any start, in any pieces, frame-threaded or not: the same null rows."""
+    for name in ("damaged", "broken", "truncated"):
+        index, ref = video.index_video(footage[name]), references[name]
+        n, bad = len(index), sorted(ref.damaged)
+        for _ in range(3):
+            assert video.damaged_rows(index).tolist() == bad
+            assert video.damaged_rows(index, step=7).tolist() == bad
+            for rows in ([bad[-1]], list(range(bad[0] - 3, n)), [0, *bad[1::2]], bad[::-1]):
+                video.close_readers(index.path)
+                got = video.read_frames(index, rows, damaged="null")
+                assert_nulls(ref, got, rows)
+        assert video.damaged_rows(index, [0, bad[0], bad[-1]]).tolist() == sorted({bad[0], bad[-1]})
+        video.close_readers(index.path)
+
+
+def test_damaged_option_is_checked_and_kept_apart(footage, tmp_path):
+    sc = sp.Client(db_path=str(tmp_path / "db"), show_progress=False)
+    with pytest.raises(ScannerValueError, match="damaged must be 'raise' or 'null'"):
+        sp.NamedVideoStream(sc, "v", path=footage["damaged"], damaged="skip")
+    with pytest.raises(ScannerValueError, match="damaged must be"):
+        video.read_frames(video.index_video(footage["damaged"]), [0], damaged=None)
+    raising = sp.NamedVideoStream(sc, "a", path=footage["damaged"])
+    nulls = sp.NamedVideoStream(sc, "b", path=footage["damaged"], damaged="null")
+    assert raising.token != nulls.token  # different results: never one graph key
+    bad = nulls.damaged_rows()
+    assert raising.damaged_rows() == bad
+    with pytest.raises(VideoError, match=f"row {bad[0]}"):
+        list(raising.load(rows=[bad[0]]))
+    assert list(nulls.load(rows=[bad[0]])) == [None]
+    clean = sp.NamedVideoStream(sc, "c", path=footage["rotated"], damaged="null")
+    assert clean.damaged_rows() == []
+    frames = sc.io.Input([clean]).compute()[0]
+    assert isinstance(frames, np.ndarray) and frames.shape == (30, 64, 48, 3)  # no nulls: array
+    out = nulls.save_mp4(str(tmp_path / "kept"))  # the frames that decode
+    assert len(video.index_video(out)) == len(video.index_video(footage["damaged"])) - len(bad)
+    sc.close()
+
+
+def test_a_row_the_decoder_skips_is_null_and_the_next_row_still_comes(tmp_path):
+    """An index that lists a frame the decoder never gives (as a file whose packets claim a
+    frame that decodes to nothing): that row is damaged, the rows after it are exact."""
+    from dataclasses import replace
+
+    from scanner_nb.samples import make_video
+
+    real = video.index_video(make_video(str(tmp_path / "skip.mp4"), n_frames=30, gop=10))
+    pts = real.pts.tolist()
+    ghost = replace(real, pts=pts[:15] + [pts[14] + 1] + pts[15:], keyframes=[0, 10, 21])
+    video.close_readers(real.path)
+    try:
+        got = video.read_frames(ghost, [14, 15, 16, 17], damaged="null")
+        assert got[1] is None and [frame_index(f) for f in got[:1] + got[2:]] == [14, 15, 16]
+        assert video.damaged_rows(ghost).tolist() == [15]
+        with pytest.raises(VideoError, match="row 15 .* skipped"):
+            video.read_frames(ghost, [15, 16])
+        assert frame_index(video.read_frames(ghost, [16])[0]) == 15
+    finally:
+        video.close_readers(real.path)

@@ -67,6 +67,21 @@ def damaged(folder: str) -> str:
     return path
 
 
+def broken_packet(folder: str) -> str:
+    """An mp4 (GOP 40) whose packet of frame 50 is all noise: the decoder fails there (plain
+    PyAV stops); ``broken-intact.mp4`` beside it is the file before the damage."""
+    intact = make_video(os.path.join(folder, "broken-intact.mp4"), n_frames=120, width=160,
+                        height=96, gop=40)
+    pos, size, _ = _packet_positions(intact)[50]
+    with open(intact, "rb") as f:
+        data = bytearray(f.read())
+    data[pos:pos + size] = np.random.default_rng(50).integers(0, 256, size, np.uint8).tobytes()
+    path = os.path.join(folder, "broken.mp4")
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
 def truncated(folder: str) -> str:
     """An MPEG-TS (GOP 40) cut off in the middle of its bytes, mid-GOP, mid-packet."""
     path = make_video(os.path.join(folder, "whole.ts"), n_frames=120, width=160, height=96,

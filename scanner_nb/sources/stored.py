@@ -240,6 +240,11 @@ class NamedVideoStream(NamedStream):
     resize : bool
         Where the video changes resolution, scale every frame to the first frame's size;
         by default frames keep their own sizes (``compute()`` then gives a list).
+    damaged : {"raise", "null"}
+        A frame that cannot be decoded (corrupt data, predicted from a corrupt frame, a cut-off
+        tail) raises a ``VideoError`` naming the file and row (``"raise"``), or is a null
+        element, ``None`` (``"null"``), which ops pass on as null. The same rows every time
+        and on every path; :meth:`damaged_rows` lists them.
 
     Examples
     --------
@@ -249,14 +254,15 @@ class NamedVideoStream(NamedStream):
     """
 
     def __init__(self, sc, name: str, path: str | os.PathLike | None = None, *,
-                 stream_index: int = 0, rotate: bool = True, resize: bool = False):
+                 stream_index: int = 0, rotate: bool = True, resize: bool = False,
+                 damaged: str = "raise"):
         super().__init__(sc, name)
         from ..fsio import location
 
         self.path = None if path is None else location(path)  # a URL is kept as given
         self._file = None if path is None else VideoFileSource(
             self.name, self.path, sc.index_cache_dir, stream_index, rotate, resize,
-            storage_options=sc.storage_options)
+            storage_options=sc.storage_options, damaged=damaged)
 
     @property
     def type_name(self) -> str:
@@ -269,8 +275,15 @@ class NamedVideoStream(NamedStream):
 
     @property
     def metadata(self) -> dict:
-        """The video file's metadata: size, ``rotation``, ``hflip``, fps, frames, codec, ..."""
+        """The video file's metadata: size, ``rotation``, ``hflip``, fps, frames, codec, ...
+        (``damaged``: the demuxer found damaged packets or a damaged tail)."""
         return self._file.metadata
+
+    def damaged_rows(self) -> list[int]:
+        """The rows of the video file that cannot be decoded, sorted: those that raise, or
+        are null with ``damaged="null"``. Decodes the whole file here (once per version of
+        it), at about the cost of reading it."""
+        return self._file.damaged_rows()
 
     def exists(self) -> bool:
         if self._file is None:
@@ -359,7 +372,7 @@ class NamedVideoStream(NamedStream):
         from ..video import encode_mp4
 
         path = mp4_path(path)
-        encode_mp4(self.load(), path, fps=fps or self.fps)
+        encode_mp4((f for f in self.load() if f is not None), path, fps=fps or self.fps)
         return path
 
     def __repr__(self) -> str:

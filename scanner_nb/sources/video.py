@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from ..errors import VideoError
+from ..errors import ScannerValueError, VideoError
 from ..types import Batch
 from .base import Source, frame_partition_rows
 
@@ -39,7 +39,10 @@ def _read_video(index, name: str, stream: int, rows: np.ndarray, out=None, optio
         frames = read_frames(index, rows, out=out, **(options or {}))
     except VideoError as exc:  # name the stream as well as the file and row
         raise type(exc)(f"NamedVideoStream {name!r} (stream {stream}): {exc}") from None
-    return Batch(stream, rows, frames, None, "FrameType")
+    nulls = None  # rows that cannot be decoded, with damaged="null"
+    if isinstance(frames, list) and any(f is None for f in frames):
+        nulls = np.array([f is None for f in frames])
+    return Batch(stream, rows, frames, nulls, "FrameType")
 
 
 class VideoFileSource(Source):
@@ -50,23 +53,31 @@ class VideoFileSource(Source):
 
     ``track`` picks the file's video track (counting video tracks from 0); ``rotate`` turns
     frames as the file's display matrix says; ``resize`` scales every frame to the first
-    frame's size where the video changes resolution (default: frames keep their own size).
+    frame's size where the video changes resolution (default: frames keep their own size);
+    ``damaged`` is what a row that cannot be decoded gives: a ``VideoError`` (``"raise"``) or a
+    null element (``"null"``).
     """
 
     type_name = "FrameType"
 
     def __init__(self, name: str, path: str, cache_dir: str | None, track: int = 0,
-                 rotate: bool = True, resize: bool = False, storage_options: dict | None = None):
+                 rotate: bool = True, resize: bool = False, storage_options: dict | None = None,
+                 damaged: str = "raise"):
         from ..fsio import location
+        from ..video import DAMAGED
 
+        if damaged not in DAMAGED:
+            raise ScannerValueError(f"NamedVideoStream {name!r}: damaged must be 'raise' or "
+                                    f"'null', got {damaged!r}")
         self.name = name
         self.path = location(path)  # a URL (s3://...) is read on the workers with these options
         self.storage_options = storage_options
         self.cache_dir = cache_dir
         self.track = int(track)
-        self.options = {"rotate": bool(rotate), "resize": bool(resize)}
+        self.options = {"rotate": bool(rotate), "resize": bool(resize), "damaged": damaged}
         self.label = f"NamedVideoStream {name!r}"
         self._index = None
+        self._damaged: tuple | None = None  # (index key, damaged rows)
 
     @property
     def token(self) -> str:
@@ -120,6 +131,20 @@ class VideoFileSource(Source):
 
     def read(self, rows: np.ndarray) -> np.ndarray | list:
         return _read_video(self.index, self.name, 0, rows, None, self.options).elements
+
+    def damaged_rows(self) -> list[int]:
+        """The rows that cannot be decoded (see :func:`~scanner_nb.video.damaged_rows`): found
+        by decoding the whole file here, once per version of the file."""
+        from ..video import damaged_rows
+
+        index = self.index.full()
+        if self._damaged is None or self._damaged[0] != index._key:
+            try:
+                rows = damaged_rows(index).tolist()
+            except VideoError as exc:
+                raise type(exc)(f"{self.label}: {exc}") from None
+            self._damaged = (index._key, rows)
+        return list(self._damaged[1])
 
     @property
     def metadata(self) -> dict:

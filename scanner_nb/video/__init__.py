@@ -9,6 +9,8 @@ while decoding, the row.
   (rotation, mirroring) is part of the index.
 - :mod:`.decode`: :func:`read_frames` seeks to the keyframe at or before the first row it
   needs and decodes forward: reaching a row costs O(GOP) decoded frames, continuing costs one.
+  A row that cannot be decoded raises, or with ``damaged="null"`` comes back as ``None``;
+  :func:`damaged_rows` lists such rows.
 - :mod:`.partitions`: :func:`plan_partitions` cuts rows into partitions of bounded size, at
   GOPs where they fit and into chained pieces of a GOP where not.
 - :mod:`.encode`: :func:`encode_mp4`.
@@ -31,8 +33,10 @@ Examples
 from __future__ import annotations
 
 from .decode import (
+    DAMAGED,
     SHORT_CLIP_FRAMES,
     close_readers,
+    damaged_rows,
     decode_stats,
     read_frames,
     reset_decode_stats,
@@ -45,6 +49,7 @@ __all__ = [
     "VideoIndex",
     "index_video",
     "read_frames",
+    "damaged_rows",
     "decode_stats",
     "reset_decode_stats",
     "plan_partitions",
@@ -53,4 +58,5 @@ __all__ = [
     "index_cache_path",
     "orient",
     "SHORT_CLIP_FRAMES",
+    "DAMAGED",
 ]

@@ -29,8 +29,8 @@ from ..log import get_logger
 from ._av import AV_ERRORS, Converter, describe, open_container
 from .index import VideoIndex, _stat, orient
 
-__all__ = ["read_frames", "decode_stats", "reset_decode_stats", "close_readers",
-           "SHORT_CLIP_FRAMES"]
+__all__ = ["read_frames", "damaged_rows", "decode_stats", "reset_decode_stats",
+           "close_readers", "SHORT_CLIP_FRAMES", "DAMAGED"]
 
 _MAX_READERS_PER_FILE = max(4, os.cpu_count() or 1)
 _MAX_FILES_WITH_IDLE_READERS = 16
@@ -83,13 +83,22 @@ class _Suspect(Exception):
     """Frame-threaded decoding met damage: the read is done again single-threaded."""
 
 
+class _Unreadable(Exception):
+    """A row cannot be decoded; ``hard``: the decoder failed (an error, or no more frames)."""
+
+    def __init__(self, why: str, hard: bool = False):
+        super().__init__(why)
+        self.hard = hard
+
+
 class _Reader:
     """One open container and decoder for one file, used by one thread at a time.
 
     ``pos`` is the row of the next frame the decoder will give (``None`` when unknown: a seek
     is needed). Decoded frames are mapped to rows by their timestamps, or by counting from the
     keyframe a seek landed on (found by its byte position) where timestamps cannot tell frames
-    apart. ``taint`` is the first row of the current GOP that decoded as corrupt.
+    apart. ``taint`` is the first row of the current GOP that decoded as corrupt; ``held`` a
+    decoded frame and its row, given next (the decoder skipped the row asked before it).
     """
 
     def __init__(self, index: VideoIndex, threaded: bool):
@@ -99,6 +108,8 @@ class _Reader:
         self.pending: collections.deque[Any] = collections.deque()
         self.pos: int | None = None
         self.taint: int | None = None
+        self.held: tuple[Any, int] | None = None
+        self.decoded = 0  # frames decoded by the current read
         self.count: int | None = None  # next row by counting (``by_order`` files)
         self.last_used = 0
         self.convert = Converter()
@@ -124,6 +135,7 @@ class _Reader:
 
     def close(self) -> None:
         self.pending.clear()
+        self.held = None
         if self.packets is not None:
             self.packets.close()  # type: ignore[attr-defined]
             self.packets = None
@@ -146,7 +158,7 @@ class _Reader:
         index = self.index
         k = int(np.searchsorted(index.keyframes, keyframe_row)) - earlier
         self.pending.clear()
-        self.pos = self.count = self.taint = None
+        self.pos = self.count = self.taint = self.held = None
         if self.packets is not None:
             self.packets.close()  # type: ignore[attr-defined]
             self.packets = None
@@ -211,86 +223,118 @@ class _Reader:
 
     # -- reading --------------------------------------------------------------------------
 
-    def _fail(self, target: int, why: str) -> None:
-        self.pos = None
-        if self.threaded:
-            raise _Suspect(why)
-        raise VideoError(f"cannot decode row {target} of {self.index.path!r}: {why}")
+    def _frame_at(self, target: int) -> Any:
+        """The decoded frame of row `target`; :class:`_Unreadable` if it cannot be decoded.
 
-    def read(self, rows: np.ndarray, out: np.ndarray, rotate: bool,
-             resize: bool) -> dict[int, np.ndarray]:
+        After a seek, frames count only from the first one at a keyframe row: where the demuxer
+        landed past the keyframe (some formats seek by approximate timestamps), the decoder
+        skips ahead or gives the next GOP, and the reader seeks further back, finally from the
+        start of the file.
+        """
+        index = self.index
+        keyframe = index.keyframe_at_or_before(target)
+        fresh = False  # just sought: wait for a frame at a keyframe row
+        attempt = 0
+        last = None
+        if self.needs_seek(target):
+            self._seek(keyframe, 0)
+            fresh = True
+        while True:
+            if self.held is not None:  # decoded past a skipped row: the next row's frame
+                (frame, r), self.held = self.held, None
+            else:
+                try:
+                    frame = self._next_frame()
+                except AV_ERRORS as e:
+                    raise _Unreadable(f"the data is corrupt ({describe(e)})", hard=True) from None
+                if frame is None:
+                    if fresh and attempt < _SEEK_RETRIES:
+                        attempt += 1
+                        self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
+                        continue
+                    first_bad = keyframe if last is None else last + 1
+                    raise _Unreadable(f"the decoder gives no frame from row {first_bad} on (the "
+                                      f"file is truncated or corrupt)", hard=True)
+                self.decoded += 1
+                r = self._row_of(frame)
+                if r is None:
+                    continue
+            if fresh:
+                if not index.is_keyframe(r):
+                    continue  # before decoding (re)starts at a keyframe: not trusted
+                if r > target and attempt < _SEEK_RETRIES:
+                    attempt += 1  # landed past the keyframe: seek further back
+                    _log.debug("%r: a seek for row %d landed past its keyframe; seeking "
+                               "further back (attempt %d)", index.path, target, attempt)
+                    self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
+                    continue
+                fresh = False
+            if r > target:  # kept for the rows after this one
+                self.held, self.pos = (frame, r), r
+                raise _Unreadable("the decoder skipped it (corrupt data)")
+            if index.is_keyframe(r):
+                self.taint = None
+            if frame.is_corrupt and self.taint is None:
+                self.taint = r  # later frames of the GOP are predicted from it
+            self.pos, last = r + 1, r
+            if r < target:
+                continue  # decoded on the way, not needed
+            if self.taint is not None:
+                raise _Unreadable("it decodes as corrupt" if self.taint == r else
+                                  f"it is predicted from row {self.taint}, which decodes as "
+                                  f"corrupt")
+            return frame
+
+    def read(self, rows: np.ndarray, out: np.ndarray | None, rotate: bool, resize: bool,
+             nulls: bool = False) -> tuple[dict[int, np.ndarray], list[int]]:
         """Decode `rows` (sorted, unique, in range) into `out`.
 
         Returns the frames whose size differs from `out`'s (the video changed resolution), by
-        position. After a seek, frames count only from the first one at a keyframe row: where
-        the demuxer landed past the keyframe (some formats seek by approximate timestamps), the
-        decoder skips ahead or gives the next GOP, and the reader seeks further back, finally
-        from the start of the file.
+        position, and the positions of the rows that cannot be decoded (with `nulls`; without,
+        such a row is a :class:`VideoError`). A row that cannot be decoded because the decoder
+        fails (an error, or no more frames) takes the rest of its GOP with it, as a read of
+        each of those rows alone would. With ``out=None`` rows are decoded but not converted
+        (to find the damaged ones).
         """
         index = self.index
         size = (index.width, index.height) if resize else None
         turn, flip = (index.rotation, index.hflip) if rotate else (0, False)
         odd: dict[int, np.ndarray] = {}
-        decoded = 0
+        bad: list[int] = []
+        self.decoded = 0
+        row_list = rows.tolist()
+        gop_end = 0  # rows before it fall with the GOP a failed decode left
         try:
-            for i, target in enumerate(rows.tolist()):
-                keyframe = index.keyframe_at_or_before(target)
-                fresh = False  # just sought: wait for a frame at a keyframe row
-                attempt = 0
-                last = None
-                if self.needs_seek(target):
-                    self._seek(keyframe, 0)
-                    fresh = True
-                while True:
-                    try:
-                        frame = self._next_frame()
-                    except AV_ERRORS as e:
-                        self._fail(target, f"the data is corrupt ({describe(e)})")
-                    if frame is None:
-                        if fresh and attempt < _SEEK_RETRIES:
-                            attempt += 1
-                            self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
-                            continue
-                        first_bad = keyframe if last is None else last + 1
-                        self._fail(target, f"the decoder gives no frame from row {first_bad} "
-                                           f"on (the file is truncated or corrupt)")
-                    decoded += 1
-                    r = self._row_of(frame)
-                    if r is None:
-                        continue
-                    if fresh:
-                        if not index.is_keyframe(r):
-                            continue  # before decoding (re)starts at a keyframe: not trusted
-                        if r > target and attempt < _SEEK_RETRIES:
-                            attempt += 1  # landed past the keyframe: seek further back
-                            _log.debug("%r: a seek for row %d landed past its keyframe; seeking "
-                                       "further back (attempt %d)", index.path, target, attempt)
-                            self._seek(keyframe, attempt if attempt < _SEEK_RETRIES else len(index))
-                            continue
-                        fresh = False
-                    if index.is_keyframe(r):
-                        self.taint = None
-                    if frame.is_corrupt and self.taint is None:
-                        self.taint = r  # later frames of the GOP are predicted from it
-                    self.pos, last = r + 1, r
-                    if r < target:
-                        continue  # decoded on the way, not needed
-                    if r > target:
-                        self._fail(target, "the decoder skipped it (corrupt data)")
-                    if self.taint is not None:
-                        self._fail(target, "it decodes as corrupt" if self.taint == r else
-                                   f"it is predicted from row {self.taint}, which decodes as "
-                                   f"corrupt")
-                    rgb = orient(self.convert.rgb(frame, size), turn, flip)
-                    if rgb.shape == out.shape[1:]:
-                        out[i] = rgb
-                    else:  # the video changed resolution: this frame keeps its own size
-                        odd[i] = np.ascontiguousarray(rgb)
-                    break
+            for i, target in enumerate(row_list):
+                if target < gop_end:
+                    bad.append(i)
+                    continue
+                try:
+                    frame = self._frame_at(target)
+                except _Unreadable as e:
+                    if self.threaded:
+                        raise _Suspect(str(e)) from None
+                    if not nulls:
+                        raise VideoError(
+                            f"cannot decode row {target} of {index.path!r}: {e}") from None
+                    bad.append(i)
+                    if e.hard:  # the decoder is lost: seek afresh for the next GOP
+                        self.pos = self.taint = self.held = None
+                        k = int(np.searchsorted(index.keyframes, target, side="right"))
+                        gop_end = int(index.keyframes[k]) if k < len(index.keyframes) else len(
+                            index)
+                    continue
+                if out is None:
+                    continue
+                rgb = orient(self.convert.rgb(frame, size), turn, flip)
+                if rgb.shape == out.shape[1:]:
+                    out[i] = rgb
+                else:  # the video changed resolution: this frame keeps its own size
+                    odd[i] = np.ascontiguousarray(rgb)
         finally:
             with _stats_lock:
-                _decoded[index.path] += decoded
-        return odd
+                _decoded[index.path] += self.decoded
+        return odd, bad
 
 
 class _ReaderPool:
@@ -380,16 +424,53 @@ def close_readers(path: str | os.PathLike | None = None) -> None:
     _pool.close(None if path is None else location(path))
 
 
-def _read(index: VideoIndex, rows: np.ndarray, target: np.ndarray, rotate: bool,
-          resize: bool, threaded: bool) -> dict[int, np.ndarray]:
-    reader = _pool.acquire(index, int(rows[0]), threaded)
-    keep = False
-    try:
-        odd = reader.read(rows, target, rotate, resize)
-        keep = True
-    finally:
-        _pool.release(reader, keep)
-    return odd
+def _read(index: VideoIndex, rows: np.ndarray, target: np.ndarray | None, rotate: bool,
+          resize: bool, nulls: bool) -> tuple[dict[int, np.ndarray], list[int]]:
+    """One reader's read of `rows` (see :meth:`_Reader.read`): frame-threaded for long
+    undamaged files; where that meets damage, done again single-threaded, the answer every
+    path gives."""
+    threaded = not index.damaged and len(index) > SHORT_CLIP_FRAMES
+    while True:
+        reader = _pool.acquire(index, int(rows[0]), threaded)
+        keep = False
+        try:
+            got = reader.read(rows, target, rotate, resize, nulls)
+            keep = True
+            return got
+        except _Suspect:  # only frame-threaded reads raise it
+            pass
+        finally:
+            _pool.release(reader, keep)
+        threaded = False
+        with _stats_lock:
+            _rechecks[index.path] += 1
+
+
+def _checked(index: VideoIndex, rows: Iterable[int] | np.ndarray) -> tuple[VideoIndex, np.ndarray]:
+    """The full index and `rows` as ``int64``, checked: in range, and the file unchanged."""
+    if not isinstance(index, VideoIndex):
+        raise ScannerTypeError(f"index must be a VideoIndex, got {type(index).__name__}")
+    index = index.full()
+    rows_a = np.asarray(rows)
+    if rows_a.dtype.kind not in "iu" and rows_a.size:
+        raise ScannerTypeError(f"rows must be integers, got dtype {rows_a.dtype}")
+    rows_a = rows_a.astype(np.int64, copy=False).reshape(-1)
+    n = len(index)
+    if rows_a.size and (rows_a.min() < 0 or rows_a.max() >= n):
+        bad = int(rows_a[(rows_a < 0) | (rows_a >= n)][0])
+        index.check_row(bad)
+    if rows_a.size:
+        # a file removed since indexing is "not found", not "corrupt"
+        st = _stat(index.path, index.storage_options)
+        if index.size and (st.st_size, st.st_mtime_ns) != (index.size, index.mtime_ns):
+            raise VideoError(
+                f"video file {index.path!r} changed since it was indexed; index it again"
+            )
+    return index, rows_a
+
+
+#: What :func:`read_frames` does with a row that cannot be decoded.
+DAMAGED = ("raise", "null")
 
 
 def read_frames(
@@ -399,7 +480,8 @@ def read_frames(
     *,
     rotate: bool = True,
     resize: bool = False,
-) -> np.ndarray | list[np.ndarray]:
+    damaged: str = "raise",
+) -> np.ndarray | list[np.ndarray | None]:
     """Decode the frames at `rows` as RGB, as a player shows them.
 
     Uses a reader from a small per-process pool of open decoders for the file (safe to call from
@@ -409,6 +491,11 @@ def read_frames(
     not needed and stopping right after the last row. So reading row ``r + 1`` right after row
     ``r`` decodes one frame. Long files decode frame-threaded, short ones (at most
     :data:`SHORT_CLIP_FRAMES` frames) and damaged ones single-threaded.
+
+    A row cannot be decoded when it decodes as corrupt, is predicted from a frame of its GOP
+    that does, or the decoder skips it, fails or ends before it (a cut-off file). Which rows
+    those are does not depend on the other rows read with it, nor on threads
+    (:func:`damaged_rows` lists them).
 
     Parameters
     ----------
@@ -428,12 +515,15 @@ def read_frames(
     resize : bool
         Scale every frame to the first frame's size (``index.width`` x ``index.height``).
         Default: frames keep their own size where the video changes resolution.
+    damaged : {"raise", "null"}
+        A row that cannot be decoded raises a :class:`VideoError` naming it (``"raise"``), or
+        comes back as ``None`` (``"null"``).
 
     Returns
     -------
-    numpy.ndarray or list of numpy.ndarray
+    numpy.ndarray or list of numpy.ndarray or None
         ``(len(rows), H, W, 3)`` ``uint8`` RGB where all frames have one size, else a list of
-        ``(H, W, 3)`` arrays.
+        ``(H, W, 3)`` arrays; a list, with ``None`` for each damaged row, where rows are null.
 
     Raises
     ------
@@ -443,7 +533,7 @@ def read_frames(
         If the file is gone.
     VideoError
         If the file changed since it was indexed (size or modification time), cannot be
-        opened, or a needed row is corrupt (or predicted from a corrupt frame) or missing.
+        opened, or (``damaged="raise"``) a row cannot be decoded.
 
     Examples
     --------
@@ -455,17 +545,9 @@ def read_frames(
     [5, 6, 29]
     >>> close_readers(index.path)
     """
-    if not isinstance(index, VideoIndex):
-        raise ScannerTypeError(f"index must be a VideoIndex, got {type(index).__name__}")
-    index = index.full()
-    rows_a = np.asarray(rows)
-    if rows_a.dtype.kind not in "iu" and rows_a.size:
-        raise ScannerTypeError(f"rows must be integers, got dtype {rows_a.dtype}")
-    rows_a = rows_a.astype(np.int64, copy=False).reshape(-1)
-    n = len(index)
-    if rows_a.size and (rows_a.min() < 0 or rows_a.max() >= n):
-        bad = int(rows_a[(rows_a < 0) | (rows_a >= n)][0])
-        index.check_row(bad)
+    if damaged not in DAMAGED:
+        raise ScannerValueError(f"damaged must be 'raise' or 'null', got {damaged!r}")
+    index, rows_a = _checked(index, rows)
     width, height = index.display_size if rotate else (index.width, index.height)
     shape = (len(rows_a), height, width, 3)
     if out is not None and (
@@ -483,26 +565,15 @@ def read_frames(
     target = out if out is not None and inverse is None else np.empty(
         (len(rows_a), height, width, 3), dtype=np.uint8)
     odd: dict[int, np.ndarray] = {}
+    bad: list[int] = []
     if len(rows_a):
-        st = _stat(index.path, index.storage_options)  # a file removed since indexing is "not found", not "corrupt"
-        if index.size and (st.st_size, st.st_mtime_ns) != (index.size, index.mtime_ns):
-            raise VideoError(
-                f"video file {index.path!r} changed since it was indexed; index it again"
-            )
-        threaded = not index.damaged and n > SHORT_CLIP_FRAMES
-        try:
-            odd = _read(index, rows_a, target, rotate, resize, threaded)
-        except _Suspect:  # the single-threaded answer is the one every path gives
-            threaded = None
-        if threaded is None:
-            with _stats_lock:
-                _rechecks[index.path] += 1
-            odd = _read(index, rows_a, target, rotate, resize, False)
-    if odd:
-        frames = [odd.get(i, target[i]) for i in range(len(rows_a))]
+        odd, bad = _read(index, rows_a, target, rotate, resize, damaged == "null")
+    if odd or bad:
+        nulls = set(bad)
+        frames = [None if i in nulls else odd.get(i, target[i]) for i in range(len(rows_a))]
         if inverse is not None:
             frames = [frames[j] for j in inverse.tolist()]
-        if len({f.shape for f in frames}) == 1:
+        if not nulls and len({f.shape for f in frames}) == 1:
             return np.stack(frames)
         return frames
     if inverse is None:
@@ -511,3 +582,28 @@ def read_frames(
         return target[inverse]
     np.take(target, inverse, axis=0, out=out)
     return out
+
+
+def damaged_rows(index: VideoIndex, rows: Iterable[int] | np.ndarray | None = None,
+                 step: int = 1024) -> np.ndarray:
+    """The rows (of `rows`, default all) that cannot be decoded: where :func:`read_frames`
+    raises, or with ``damaged="null"`` gives ``None``.
+
+    Decodes them (no RGB conversion), `step` rows per read: a whole file costs one decode of
+    it, the reads that meet damage a second, single-threaded one.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from scanner_nb.samples import make_video
+    >>> from scanner_nb.video import index_video
+    >>> index = index_video(make_video(os.path.join(tempfile.mkdtemp(), "a.mp4"), n_frames=30))
+    >>> damaged_rows(index).tolist()
+    []
+    >>> close_readers(index.path)
+    """
+    index, rows_a = _checked(index, np.arange(len(index.full())) if rows is None else rows)
+    rows_a = np.unique(rows_a)
+    bad = [piece[_read(index, piece, None, True, False, True)[1]]
+           for piece in np.split(rows_a, range(step, len(rows_a), step))]
+    return np.concatenate([np.zeros(0, np.int64), *bad])
