@@ -1,8 +1,8 @@
 """Storing results: ``sc.io.Output``, ``sc.run``, cache modes and performance parameters.
 
 A run computes each output stream partition by partition; the worker that computed a chunk
-writes it, and a last task per output checks its staged files and makes its manifest there;
-when every output is sealed, all are committed together by one run record written last
+writes it, and the last task, which gathers their infos on a worker, checks each output's
+staged files and makes its manifest (all outputs at once); then all are committed together by one run record written last
 (:mod:`scanner_nb.storage.commit`). A run that fails, is killed or meets a full disk commits
 none of its outputs and leaves earlier streams as they were. The client's own store requests
 (existence checks, staging locks, manifests, sweeps) are made for all outputs at once, so on
@@ -26,6 +26,7 @@ from . import runtime
 from .profile import note_built
 from .errors import ScannerTypeError, ScannerValueError, StreamExistsError
 from .sources import NamedStream, NamedVideoStream
+from .storage import fs as fs_
 from .storage.commit import new_run
 from .stream import Stream
 
@@ -199,7 +200,7 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
         return [t for _, _, t in jobs]
     perf = perf_params or PerfParams.estimate()
     run = new_run()
-    writers, targets, layers, deps, seals, views, largest = [], [], {}, {}, [], {}, 0
+    writers, targets, layers, deps, keys, views, largest = [], [], {}, {}, [], {}, 0
     try:
         for stream, s, target in todo:
             if id(stream) not in views:  # the streams of one Output share one graph
@@ -222,14 +223,10 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
             layers[name] = _write_tasks(name, writer, built.keys[s], parts, stream.lengths[s],
                                         chunk_rows)
             deps[name] = {k[0] for k in built.keys[s]}
-            seal = f"seal-{target.name}-{tokenize(writer.version)}"
-            layers[seal] = {(seal, 0): (_seal, writer, run,
-                                        [(name, k) for k in range(writer.num_chunks)])}
-            deps[seal] = {name} if writer.num_chunks else set()
-            seals.append((seal, 0))
+            keys.append([(name, k) for k in range(writer.num_chunks)])
         final = f"run-{run}"
-        layers[final] = {(final, 0): (list, seals)}
-        deps[final] = {k[0] for k in seals}
+        layers[final] = {(final, 0): (_seal, writers, run, keys)}
+        deps[final] = {k[0][0] for k in keys if k}
         graph = HighLevelGraph(layers, deps)
         threads = _threads_within_budget(client, perf, largest)
         client.db.stage(writers)  # one round of requests on a remote store
@@ -278,8 +275,9 @@ def _commit(client: Client, writers: list, targets: list, manifests: list,
         client.db.abort(writers)  # does nothing to a committed writer
 
 
-def _seal(writer, run: str, infos: list) -> dict:
-    return writer.seal(infos, run)
+def _seal(writers: list, run: str, infos: list) -> list[dict]:
+    """The manifests of the writers' streams, from their chunks' infos (on a worker)."""
+    return fs_.each(writers[0]._fs, lambda pair: pair[0].seal(pair[1], run), zip(writers, infos))
 
 
 def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,
