@@ -1,6 +1,5 @@
 """File primitives on any fsspec filesystem: whole-file reads and writes, atomic replace and
-create, tree removal that never globs, and :func:`each` to run many of them at once on a
-remote store.
+create, tree removal that never globs, and :func:`each` to run many of them at once.
 
 A plain local disk (exactly :class:`fsspec.implementations.local.LocalFileSystem`) gets plain
 ``os`` calls (``os.replace``, ``os.link``, ``shutil.rmtree``); every other filesystem, a
@@ -101,7 +100,8 @@ def is_local(fs) -> bool:
 
 def each(fs, fn, items) -> list:
     """``[fn(item) for item in items]``, with the calls made concurrently when ``fs`` is a
-    remote (asynchronous) store such as S3, where each is a round trip; one by one elsewhere.
+    remote (asynchronous) store such as S3, where each is a round trip, or the local disk,
+    where each write waits for its ``fsync``; one by one elsewhere (memory).
 
     Every call has ended when this returns or raises; an error is the first in ``items``' order.
 
@@ -109,7 +109,7 @@ def each(fs, fn, items) -> list:
     [2, 1]
     """
     items = list(items)
-    if len(items) < 2 or not isinstance(fs, AsyncFileSystem):
+    if len(items) < 2 or not (isinstance(fs, AsyncFileSystem) or is_local(fs)):
         return [fn(item) for item in items]
     with concurrent.futures.ThreadPoolExecutor(min(CONCURRENCY, len(items)),
                                                thread_name_prefix="scanner_nb-store") as pool:
