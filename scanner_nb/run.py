@@ -230,13 +230,13 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
         graph = HighLevelGraph(layers, deps)
         threads = _threads_within_budget(client, perf, largest)
         client.db.stage(writers)  # one round of requests on a remote store
-        (manifests,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
-                                                  progress=show_progress,
-                                                  **({"num_workers": threads} if threads else {}))
+        (sealed,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
+                                               progress=show_progress,
+                                               **({"num_workers": threads} if threads else {}))
     except BaseException:
         client.db.abort(writers)
         raise
-    _commit(client, writers, targets, manifests, cache_mode)
+    _commit(client, writers, targets, sealed, cache_mode)
     return [t for _, _, t in jobs]
 
 
@@ -261,7 +261,7 @@ def _threads_within_budget(client: Client, perf: PerfParams, partition_bytes: in
     return None if threads >= cores else max(1, threads)
 
 
-def _commit(client: Client, writers: list, targets: list, manifests: list,
+def _commit(client: Client, writers: list, targets: list, sealed: list,
             cache_mode: CacheMode) -> None:
     """Publish every output together. A stream another run stored while this one computed is
     replaced only with ``Overwrite``: ``Ignore`` keeps it (this run's version of it is
@@ -269,14 +269,14 @@ def _commit(client: Client, writers: list, targets: list, manifests: list,
     for target in targets:
         target.forget()  # the run has read it; the handle re-reads the stream from now on
     try:
-        client.db.publish(writers, manifests, replace=cache_mode is CacheMode.Overwrite,
+        client.db.publish(writers, sealed, replace=cache_mode is CacheMode.Overwrite,
                           skip_existing=cache_mode is CacheMode.Ignore)
     finally:
         client.db.abort(writers)  # does nothing to a committed writer
 
 
-def _seal(writers: list, run: str, infos: list) -> list[dict]:
-    """The manifests of the writers' streams, from their chunks' infos (on a worker)."""
+def _seal(writers: list, run: str, infos: list) -> list[tuple[dict, dict | None]]:
+    """:meth:`StreamWriter.seal` of each writer with its chunks' infos (on a worker)."""
     return fs_.each(writers[0]._fs, lambda pair: pair[0].seal(pair[1], run), zip(writers, infos))
 
 

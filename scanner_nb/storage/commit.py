@@ -216,14 +216,19 @@ def _entries(fs, stream_dir: str) -> dict[str, list[str] | None]:
 
 
 def sweep(fs, root: str, names, key: bytes, stale_after: float, include_open: bool = False,
-          keep: dict[str, str] | None = None) -> dict[str, list[str]]:
+          keep: dict[str, str] | None = None,
+          listed: dict[str, dict] | None = None) -> dict[str, list[str]]:
     """Remove the leftover versions of each of ``names`` (see the module docstring); return
-    them by name. ``keep`` maps a name to a version just committed (left alone unchecked).
-    On a remote store the names are listed, checked and cleared concurrently."""
-    names, keep = list(names), keep or {}
+    them by name. ``keep`` maps a name to a version just committed (left alone unchecked),
+    ``listed`` a name to its folder's entries as listed before (:meth:`StreamWriter.seal`:
+    what appeared since is left for a later sweep). On a remote store the names are listed,
+    checked and cleared concurrently."""
+    names, keep, listed = list(names), keep or {}, listed or {}
     candidates = []  # (name, version, its files as listed, or None)
-    for name, entries in zip(names, fs_.each(fs, lambda n: _entries(fs, fs_.join(root, n)),
-                                             names)):
+    unlisted = [n for n in names if n not in listed]
+    listed = {**listed, **dict(zip(unlisted, fs_.each(
+        fs, lambda n: _entries(fs, fs_.join(root, n)), unlisted)))}
+    for name, entries in ((n, listed[n]) for n in names):
         for base, files in entries.items():
             full = fs_.join(root, name, base)
             if base.startswith(TMP_PREFIX) and fs_.is_local(fs):  # stage() died midway
@@ -435,15 +440,22 @@ class StreamWriter:
             return encodings.pop(), frame
         return ("mixed" if infos else "elements"), frame
 
-    def seal(self, chunk_infos, run: str, metadata: dict | None = None) -> dict:
+    def seal(self, chunk_infos, run: str,
+             metadata: dict | None = None) -> tuple[dict, dict | None]:
         """The manifest of this version in run ``run`` from the chunks' infos (checked against
         the files staged; not yet signed), with the Zarr group's metadata written if the
-        chunks form one. Runs where the chunks were written (a worker) or in the committer."""
+        chunks form one; and the other entries of the stream's folder as listed for that
+        (``None`` on local disk), which :func:`publish`'s sweep then need not list again. Runs
+        where the chunks were written (a worker) or in the committer."""
         if self._state != "open":
             raise StorageError(f"stream writer of {self.name!r} is already {self._state}")
         infos = self._check_infos(list(chunk_infos))
         fs = self._fs
-        present = set(fs_.files_under(fs, self.version_dir))
+        if fs_.is_local(fs):
+            present, others = set(fs_.files_under(fs, self.version_dir)), None
+        else:  # one listing of the stream's folder: this version's files and the others
+            others = _entries(fs, fs_.join(self._root, self.name))
+            present = set(others.pop(self.version, None) or [])
         if fs_.join(self.version_dir, LOCK) not in present:
             raise StorageError(
                 f"cannot commit stream {self.name!r}: its staging version was removed (the "
@@ -472,7 +484,7 @@ class StreamWriter:
                 self._write_zarr_metadata(manifest)
             except OSError as exc:
                 raise fs_.write_error(f"the metadata of stream {self.name!r}", exc) from exc
-        return manifest
+        return manifest, others
 
     def _write_zarr_metadata(self, manifest: dict) -> None:
         frame = manifest["frame"]
@@ -527,9 +539,9 @@ def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
     if not writers:
         return
     run = new_run()
-    manifests = fs_.each(writers[0]._fs, lambda a: a[0].seal(a[1], run, a[2]),
-                         zip(writers, chunk_infos, metadata or [None] * len(writers)))
-    publish(writers, manifests, replace, key, stale_after)
+    sealed = fs_.each(writers[0]._fs, lambda a: a[0].seal(a[1], run, a[2]),
+                      zip(writers, chunk_infos, metadata or [None] * len(writers)))
+    publish(writers, sealed, replace, key, stale_after)
 
 
 def _taken(names: list[str]) -> StreamExistsError:
@@ -538,11 +550,12 @@ def _taken(names: list[str]) -> StreamExistsError:
         f"they are kept (pass cache_mode=sp.CacheMode.Overwrite to replace them)")
 
 
-def publish(writers: list[StreamWriter], manifests: list[dict], replace: bool, key: bytes,
-            stale_after: float = STALE_AFTER, skip_existing: bool = False) -> list[StreamWriter]:
+def publish(writers: list[StreamWriter], sealed: list[tuple[dict, dict | None]], replace: bool,
+            key: bytes, stale_after: float = STALE_AFTER,
+            skip_existing: bool = False) -> list[StreamWriter]:
     """Publish the writers' streams together, or none of them (see the module docstring).
 
-    ``manifests``: from :meth:`StreamWriter.seal`, all with one run id. With
+    ``sealed``: what :meth:`StreamWriter.seal` returned for each, all in one run. With
     ``replace=False`` an output that exists now (stored by another run meanwhile) raises
     :class:`StreamExistsError` naming them all, and nothing is committed; with
     ``skip_existing`` too, such outputs are left out instead (their writers stay open). A write
@@ -555,7 +568,7 @@ def publish(writers: list[StreamWriter], manifests: list[dict], replace: bool, k
     names = [w.name for w in writers]
     raws = dict(zip(names, fs_.each(fs, lambda n: read_raw(fs, root, n), names)))
     current = read_manifests(fs, root, names, key, raws)
-    pairs = list(zip(writers, manifests))
+    pairs = [(w, manifest) for w, (manifest, _) in zip(writers, sealed)]
     if not replace:
         stored = [n for n in names if not isinstance(current[n], StreamNotFoundError)]
         if skip_existing:
@@ -612,8 +625,9 @@ def publish(writers: list[StreamWriter], manifests: list[dict], replace: bool, k
     for writer in committed:
         writer.finish("committed")
     fs_.rm_files(fs, [fs_.join(w.version_dir, LOCK) for w in committed])
+    listed = {w.name: others for w, (_, others) in zip(writers, sealed) if others is not None}
     sweep(fs, root, [w.name for w in committed], key, stale_after,
-          keep={w.name: w.version for w in committed})
+          keep={w.name: w.version for w in committed}, listed=listed)
     return committed
 
 

@@ -295,11 +295,11 @@ class Database:
         """Publish the writers' streams together, or none (see :mod:`.commit`)."""
         commit_run(writers, chunk_infos, replace, metadata, self.key, self.stale_after)
 
-    def publish(self, writers: list[StreamWriter], manifests: list[dict], replace: bool = True,
-                skip_existing: bool = False) -> list[StreamWriter]:
+    def publish(self, writers: list[StreamWriter], sealed: list[tuple[dict, dict | None]],
+                replace: bool = True, skip_existing: bool = False) -> list[StreamWriter]:
         """Publish writers sealed by :meth:`StreamWriter.seal` (on the workers) together, or
         none; return those committed (see :func:`.commit.publish`)."""
-        return publish(writers, manifests, replace, self.key, self.stale_after, skip_existing)
+        return publish(writers, sealed, replace, self.key, self.stale_after, skip_existing)
 
     # reading ---------------------------------------------------------------------------------
     def zarr_path(self, name: str) -> str:
