@@ -2,11 +2,12 @@
 
 A run computes each output stream partition by partition; the worker that computed a chunk
 writes it, and the last task, which gathers their infos on a worker, checks each output's
-staged files and makes its manifest (all outputs at once); then all are committed together by one run record written last
-(:mod:`scanner_nb.storage.commit`). A run that fails, is killed or meets a full disk commits
-none of its outputs and leaves earlier streams as they were. The client's own store requests
-(existence checks, staging locks, manifests, sweeps) are made for all outputs at once, so on
-an object store a run of hundreds of outputs costs a few round trips, not a few per output.
+staged files and makes its manifest (all outputs at once); then all are committed together by
+one run record written last (:mod:`scanner_nb.storage.commit`). A run that fails, is killed
+or meets a full disk commits none of its outputs and leaves earlier streams as they were. The
+client's own store requests (existence checks, staging locks, manifests, sweeps) are made for
+all outputs at once, so on an object store a run of hundreds of outputs costs a few round
+trips, not a few per output.
 """
 
 from __future__ import annotations

@@ -193,6 +193,21 @@ def test_an_output_stored_by_another_run_meanwhile_on_s3(s3, db_url, mode):
                                                            for n in sc.db.names()]
 
 
+def test_names_with_glob_characters_on_s3(s3, db_url):
+    """Streams named with glob characters are replaced, swept and deleted like any other (bulk
+    removal never globs)."""
+    names = ["a*", "a[b]", "ab", "a?"]
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        for value in (1, 2):
+            sc.run(outputs(sc, names, [[value, i] for i in range(4)]),
+                   cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+            assert loaded(sc, names) == [[value, i] for i in range(4)]
+        assert [versions(sc, n) for n in names] == [[sc.db.manifest(n)["version"]]
+                                                     for n in names]
+        sp.NamedStream(sc, "a*").delete()
+        assert sc.db.names() == ["a?", "a[b]", "ab"] and loaded(sc, ["ab"]) == [[2, 2]]
+
+
 class Requests(logging.Handler):
     """Counts the requests the S3 server answers (from its access log)."""
 

@@ -12,9 +12,9 @@ A run stages one fresh version folder per output (:class:`StreamWriter`, locked 
    kill or a full disk anywhere before this leaves every output as it was;
 3. the staging locks go, and replaced versions are swept (:func:`sweep`).
 
-On a remote store every step makes its requests for all outputs at once (:func:`fs.each
-<scanner_nb.storage.fs.each>`), so a run of many outputs costs a few round trips, not a few
-per output.
+Every step makes its requests for all outputs at once (:func:`fs.each
+<scanner_nb.storage.fs.each>`: concurrently on a remote store and on local disk), so a run of
+many outputs on an object store costs a few round trips, not a few per output.
 
 **When old versions are removed.** A version that no manifest names any more (replaced by an
 ``Overwrite``, deleted, or left by a failed run whose process is gone) is removed by the next
