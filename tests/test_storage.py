@@ -852,6 +852,22 @@ def test_write_after_abort_fails_clearly(tmp_path):
     assert version_dirs(db, "s") == []
 
 
+def test_a_worker_refreshes_the_heartbeat_only_once_it_is_old(tmp_path):
+    db = Database(str(tmp_path / "db"))
+    writer = db.begin("s", "Any", 4, 2)
+    lock_path = pathlib.Path(writer.version_dir, commit_.LOCK)
+    staged = json.loads(lock_path.read_text())
+    copy = pickle.loads(pickle.dumps(writer))
+    commit_._HEARTBEATS.pop(writer.version_dir, None)  # as in a fresh worker process
+    copy.write_chunk(0, chunk_batch([1, 2, 3, 4], 0, 2))
+    assert json.loads(lock_path.read_text()) == staged  # just staged: checked, not rewritten
+    lock_path.write_text(json.dumps({**staged, "heartbeat": staged["heartbeat"] - 61}))
+    commit_._HEARTBEATS.pop(writer.version_dir, None)
+    copy.write_chunk(1, chunk_batch([1, 2, 3, 4], 1, 2))
+    assert json.loads(lock_path.read_text())["heartbeat"] >= staged["heartbeat"]  # refreshed
+    writer.abort()
+
+
 # ------------------------------------------------------------------------------- overwrite, gc
 
 

@@ -340,6 +340,8 @@ class StreamWriter:
         return min(self.length, (k + 1) * self.chunk_rows) - k * self.chunk_rows
 
     def _heartbeat(self, fs) -> None:
+        """Check, in a process writing chunks, that the staging version is still there, and
+        refresh its lock's heartbeat when it is older than ``HEARTBEAT_EVERY``."""
         key = self.version_dir
         if time.time() - _HEARTBEATS.get(key, 0.0) < HEARTBEAT_EVERY:
             return
@@ -351,6 +353,10 @@ class StreamWriter:
                 f"the staging version of stream {self.name!r} was removed (the run was "
                 f"aborted, or it was cleaned up as a leftover); nothing is written") from None
         except ValueError:
+            return
+        beat = lock.get("heartbeat")
+        if isinstance(beat, (int, float)) and time.time() - beat < HEARTBEAT_EVERY:
+            _HEARTBEATS[key] = min(beat, time.time())  # fresh (just staged): no write needed
             return
         lock["heartbeat"] = time.time()
         fs_.atomic_write(fs, lock_path, json.dumps(lock).encode(), key)
