@@ -6,7 +6,8 @@ Usage::
 
     .venv/bin/python bench/bench_storage.py               # everything below, full size
     .venv/bin/python bench/bench_storage.py --quick       # smaller sizes, fewer repetitions
-    .venv/bin/python bench/bench_storage.py --only formats   # one part: formats or memory
+    .venv/bin/python bench/bench_storage.py --only formats   # one part: formats, memory
+                                                             # or outputs
 
 Part ``formats`` (the user's path): a 640x360 H.264 clip made once with
 ``scanner_nb.samples.make_video`` (keyframe every 30 frames, CRF 18, kept in ``bench/out/``)
@@ -25,6 +26,18 @@ each starts from nothing) of ``sc.run`` storing a 1080p H.264 clip through a tri
 (identity, frames in and out) with ``PerfParams.estimate()``, next to a streaming PyAV loop
 that decodes the same clip frame by frame. Target: under 1 GiB and flat as the clip grows
 (900 vs 3,000 frames). ``--gop 250`` (x264's default) shows the cost of long GOPs at 1080p.
+
+Part ``outputs``: ``sc.run`` of one ``sc.io.Output`` of N small streams (10 numbers each, N
+= 30, 100, 300) on the threaded client, to a database on the local disk and on a local S3
+server (moto, in a process of its own on 127.0.0.1, with ``storage_options``): the first store
+(``CacheMode.Error``, the default) and overwrites (median). "compute" is the run's compute
+phase (``profiling=True``: the first task's start to the last one's end), "client" the rest
+of ``sc.run`` (existence checks, staging, commit, sweeps). Next to it, a plain loop that
+writes the same numbers with ``numpy.save`` + fsspec ``pipe_file``, one file per output.
+Targets: the client's time per output flat from the smallest N to the largest (within 1.5x),
+and on S3 at the largest N no more than twice the compute phase. The moto server is one
+Python process answering about one request at a time: on it every request costs its CPU
+time, however many the client makes at once (it makes up to 32).
 """
 
 from __future__ import annotations
@@ -272,14 +285,115 @@ def part_memory(args) -> bool:
     return under and flat
 
 
+# -------------------------------------------------------------------------------- part: outputs
+
+
+def moto_server() -> tuple[subprocess.Popen, dict]:
+    """A moto S3 server in its own process on 127.0.0.1, with bucket ``bench``; its process
+    and the storage options that reach it."""
+    import boto3
+
+    code = ("import logging, time; from moto.server import ThreadedMotoServer as S; "
+            "logging.getLogger('werkzeug').setLevel(logging.WARNING); "
+            "s = S(ip_address='127.0.0.1', port=0, verbose=False); s.start(); "
+            "print(s.get_host_and_port()[1], flush=True); time.sleep(10**6)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    endpoint = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    options = {"key": "bench", "secret": "bench", "endpoint_url": endpoint,
+               "client_kwargs": {"region_name": "us-east-1"}}
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench",
+                 aws_secret_access_key="bench", region_name="us-east-1").create_bucket(
+        Bucket="bench")
+    return proc, options
+
+
+def time_run(sc, n: int, value: int, mode) -> tuple[float, float]:
+    """Seconds of ``sc.run`` storing ``n`` streams, and of its compute phase."""
+    import scanner_nb as sp
+
+    streams = sc.io.Input([sp.MemoryStream([value + i] * 10) for i in range(n)])
+    out = sc.io.Output(streams, [sp.NamedStream(sc, f"o{i}") for i in range(n)])
+    t = time.perf_counter()
+    job = sc.run(out, sp.PerfParams.manual(10, 10), cache_mode=mode, show_progress=False,
+                 profiling=True)
+    total = time.perf_counter() - t
+    return total, sc.get_profile(job).wall_seconds
+
+
+def time_plain(url: str, options: dict, n: int) -> float:
+    """Seconds of a plain loop writing the same numbers, one ``numpy.save`` file per output."""
+    import io
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    fs.makedirs(root, exist_ok=True)
+    t = time.perf_counter()
+    for i in range(n):
+        buffer = io.BytesIO()
+        np.save(buffer, np.full(10, i, dtype=np.int64))
+        fs.pipe_file(f"{root}/o{i}.npy", buffer.getvalue())
+    return time.perf_counter() - t
+
+
+def part_outputs(args) -> bool:
+    import scanner_nb as sp
+
+    sizes = [30, 100] if args.quick else [30, 100, 300]
+    reps = args.reps or (2 if args.quick else 3)
+    print(f"\n== outputs: sc.run of N streams of 10 numbers in one Output, threaded client on "
+          f"{os.cpu_count()} cores, local disk and a moto S3 server; overwrite: median of "
+          f"{reps}")
+    header = (f"{'N':>4s} {'where':6s} {'first s':>8s} {'overwrite s':>11s} {'compute s':>9s} "
+              f"{'client s':>8s} {'client ms/output':>16s} {'plain loop s':>12s}")
+    print(header)
+    print("-" * len(header))
+    proc, options = moto_server()
+    rows = {}
+    try:
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_storage-out-") as tmp:
+            for n in sizes:
+                for where in ("local", "s3"):
+                    url = (os.path.join(tmp, f"db-{n}") if where == "local"
+                           else f"s3://bench/db-{n}")
+                    opts = options if where == "s3" else {}
+                    with sp.Client(db_path=url, storage_options=opts or None,
+                                   show_progress=False) as sc:
+                        first = time_run(sc, n, 0, sp.CacheMode.Error)[0]
+                        runs = [time_run(sc, n, rep + 1, sp.CacheMode.Overwrite)
+                                for rep in range(reps)]
+                        assert list(sp.NamedStream(sc, f"o{n - 1}").load()) == [reps + n - 1] * 10
+                    total = statistics.median(r[0] for r in runs)
+                    compute = statistics.median(r[1] for r in runs)
+                    plain = time_plain(url + "-plain", opts, n)
+                    client = total - compute
+                    rows[n, where] = (client / n, compute)
+                    print(f"{n:4d} {where:6s} {first:8.2f} {total:11.2f} {compute:9.2f} "
+                          f"{client:8.2f} {1e3 * client / n:16.1f} {plain:12.2f}", flush=True)
+    finally:
+        proc.kill()
+    small, large = sizes[0], sizes[-1]
+    flat = all(rows[large, w][0] <= 1.5 * rows[small, w][0] for w in ("local", "s3"))
+    client_s3 = rows[large, "s3"][0] * large
+    compute_s3 = rows[large, "s3"][1]
+    cheap = client_s3 <= 2 * compute_s3
+    print(f"target: client time per output flat from N={small} to {large} (within 1.5x): "
+          f"{'met' if flat else 'NOT met'} (local {1e3 * rows[small, 'local'][0]:.1f} -> "
+          f"{1e3 * rows[large, 'local'][0]:.1f} ms, S3 {1e3 * rows[small, 's3'][0]:.1f} -> "
+          f"{1e3 * rows[large, 's3'][0]:.1f} ms); on S3 at N={large} the client within 2x the "
+          f"compute: {'met' if cheap else 'NOT met'} ({client_s3:.2f} s vs {compute_s3:.2f} s)")
+    return flat and cheap
+
+
 # -------------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="150 frames and 2 repetitions; 1080p clips of 150 and 450 frames")
-    parser.add_argument("--only", choices=["formats", "memory"], action="append",
+                        help="150 frames and 2 repetitions; 1080p clips of 150 and 450 frames; "
+                             "30 and 100 outputs")
+    parser.add_argument("--only", choices=["formats", "memory", "outputs"], action="append",
                         help="run only these parts (repeatable; default: all)")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
@@ -297,12 +411,14 @@ def main(argv=None) -> int:
     if args.memory_case:  # one case of the memory part, in its own process
         print(json.dumps(memory_case(args.memory_case, args.video, args.db, args.op)))
         return 0
-    parts = args.only or ["formats", "memory"]
+    parts = args.only or ["formats", "memory", "outputs"]
     met = {}
     if "formats" in parts:
         met["formats"] = part_formats(args)
     if "memory" in parts:
         met["memory"] = part_memory(args)
+    if "outputs" in parts:
+        met["outputs"] = part_outputs(args)
     print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
     return 0
 

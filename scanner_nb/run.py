@@ -1,9 +1,13 @@
 """Storing results: ``sc.io.Output``, ``sc.run``, cache modes and performance parameters.
 
 A run computes each output stream partition by partition; the worker that computed a chunk
-writes it; when every chunk of every output is written, all outputs are committed together by
-one run record written last (:mod:`scanner_nb.storage.commit`). A run that fails, is killed or
-meets a full disk commits none of its outputs and leaves earlier streams as they were.
+writes it, and the last task, which gathers their infos on a worker, checks each output's
+staged files and makes its manifest (all outputs at once); then all are committed together by
+one run record written last (:mod:`scanner_nb.storage.commit`). A run that fails, is killed
+or meets a full disk commits none of its outputs and leaves earlier streams as they were. The
+client's own store requests (existence checks, staging locks, manifests, sweeps) are made for
+all outputs at once, so on an object store a run of hundreds of outputs costs a few round
+trips, not a few per output.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from . import runtime
 from .profile import note_built
 from .errors import ScannerTypeError, ScannerValueError, StreamExistsError
 from .sources import NamedStream, NamedVideoStream
+from .storage import fs as fs_
+from .storage.commit import new_run
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -137,12 +143,9 @@ def _instances(value) -> int | None:
 
 
 def _available_memory() -> int:
-    try:
-        import psutil
+    import psutil
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:  # psutil comes with distributed; this is a fallback
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.virtual_memory().available)
 
 
 def _frame_bytes(stream: Stream) -> int | None:
@@ -188,16 +191,17 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
     if len(set(names)) != len(names):
         raise ScannerValueError(f"sc.run: an output name is used twice in {names}")
     client.db.check_writable()
-    existing = [t.name for _, _, t in jobs if t.exists()]
+    existing = [] if cache_mode is CacheMode.Overwrite else client.db.existing(names)
     if existing and cache_mode is CacheMode.Error:
         raise StreamExistsError(
             f"stored stream(s) {existing} exist; pass cache_mode=sp.CacheMode.Overwrite to replace "
             f"them or sp.CacheMode.Ignore to keep them")
-    todo = [job for job in jobs if not (cache_mode is CacheMode.Ignore and job[2].name in existing)]
+    todo = [job for job in jobs if job[2].name not in existing]
     if not todo:
         return [t for _, _, t in jobs]
     perf = perf_params or PerfParams.estimate()
-    writers, layers, deps, keys, views, largest = [], {}, {}, [], {}, 0
+    run = new_run()
+    writers, targets, layers, deps, keys, views, largest = [], [], {}, {}, [], {}, 0
     try:
         for stream, s, target in todo:
             if id(stream) not in views:  # the streams of one Output share one graph
@@ -209,9 +213,10 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
                           (_frame_bytes(stream) or 0))
             chunk_rows = max((len(r) for r in parts), default=1)
             fps = stream.fps(s) if stream.type_name == "FrameType" else None
-            writer = client.db.begin(target.name, stream.type_name, stream.lengths[s], chunk_rows,
-                                     storage=stream.storage_hint, fps=fps)
-            writers.append((writer, target, stream, s))
+            writer = client.db.writer(target.name, stream.type_name, stream.lengths[s],
+                                      chunk_rows, storage=stream.storage_hint, fps=fps)
+            writers.append(writer)
+            targets.append(target)
             layers.update(built.graph.layers)
             for name, dep in built.graph.dependencies.items():
                 deps.setdefault(name, set()).update(dep)
@@ -220,22 +225,22 @@ def run_outputs(client: Client, outputs, perf_params: PerfParams | None, cache_m
                                         chunk_rows)
             deps[name] = {k[0] for k in built.keys[s]}
             keys.append([(name, k) for k in range(writer.num_chunks)])
-        final = f"run-{tokenize(*[w.version for w, *_ in writers])}"
-        layers[final] = {(final, 0): (list, [list(k) for k in keys])}
+        final = f"run-{run}"
+        layers[final] = {(final, 0): (_seal, writers, run, keys)}
         deps[final] = {k[0][0] for k in keys if k}
         graph = HighLevelGraph(layers, deps)
         threads = _threads_within_budget(client, perf, largest)
-        stored = [t.name for _, _, t in todo]
+        stored = [t.name for t in targets]
         label = "sc.run " + ", ".join(stored[:3]) + (f" (+{len(stored) - 3})" if len(stored) > 3
                                                       else "")
-        (infos,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
-                                              progress=show_progress, label=label,
-                                              **({"num_workers": threads} if threads else {}))
+        client.db.stage(writers)  # one round of requests on a remote store
+        (sealed,) = client.compute_collections([Delayed((final, 0), graph, layer=final)],
+                                               progress=show_progress, label=label,
+                                               **({"num_workers": threads} if threads else {}))
     except BaseException:
-        for writer, *_ in writers:
-            writer.abort()
+        client.db.abort(writers)
         raise
-    _commit(client, writers, infos, cache_mode)
+    _commit(client, writers, targets, sealed, cache_mode)
     return [t for _, _, t in jobs]
 
 
@@ -260,27 +265,23 @@ def _threads_within_budget(client: Client, perf: PerfParams, partition_bytes: in
     return None if threads >= cores else max(1, threads)
 
 
-def _commit(client: Client, writers: list, infos: list, cache_mode: CacheMode) -> None:
+def _commit(client: Client, writers: list, targets: list, sealed: list,
+            cache_mode: CacheMode) -> None:
     """Publish every output together. A stream another run stored while this one computed is
     replaced only with ``Overwrite``: ``Ignore`` keeps it (this run's version of it is
     dropped), ``Error`` raises ``StreamExistsError`` and commits nothing."""
-    pending = list(zip(writers, infos))
-    for _, target, *_ in writers:
+    for target in targets:
         target.forget()  # the run has read it; the handle re-reads the stream from now on
     try:
-        appeared = [t.name for (_, t, *_), _ in pending if t.exists()]
-        if appeared and cache_mode is CacheMode.Error:
-            raise StreamExistsError(
-                f"stored stream(s) {appeared} were stored by another run while this one was "
-                f"computing; they are kept (pass cache_mode=sp.CacheMode.Overwrite to "
-                f"replace them)")
-        if cache_mode is CacheMode.Ignore:
-            pending = [p for p in pending if p[0][1].name not in appeared]
-        client.db.commit([w for (w, *_), _ in pending], [i for _, i in pending],
-                         replace=cache_mode is CacheMode.Overwrite)
+        client.db.publish(writers, sealed, replace=cache_mode is CacheMode.Overwrite,
+                          skip_existing=cache_mode is CacheMode.Ignore)
     finally:
-        for writer, *_ in writers:
-            writer.abort()  # does nothing to a committed writer
+        client.db.abort(writers)  # does nothing to a committed writer
+
+
+def _seal(writers: list, run: str, infos: list) -> list[tuple[dict, dict | None]]:
+    """:meth:`StreamWriter.seal` of each writer with its chunks' infos (on a worker)."""
+    return fs_.each(writers[0]._fs, lambda pair: pair[0].seal(pair[1], run), zip(writers, infos))
 
 
 def _write_tasks(name: str, writer, part_keys: list, parts: list[np.ndarray], length: int,

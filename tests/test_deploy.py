@@ -10,6 +10,7 @@ the graph, ops defined in this module run there, and a worker SIGKILLed mid-run 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -18,12 +19,15 @@ import time
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 from conftest import AWS_KEYS, NO_CREDENTIALS, wait_for
 from moto.server import ThreadedMotoServer
 
 import scanner_nb as sp
 from scanner_nb.samples import frame_index, make_video
+from scanner_nb.storage import Database
+from scanner_nb.types import Batch
 
 BUCKET = "scanner"
 
@@ -138,6 +142,133 @@ def test_a_file_object_is_not_a_path(s3, tmp_path):
             sp.NamedVideoStream(sc, "clip", path=io.BytesIO(b""))
         with pytest.raises(sp.ScannerTypeError, match="storage_options must be a dict"):
             sp.Client(storage_options="key=1")
+
+
+# ------------------------------------------------------------------ many outputs on the store
+
+
+@sp.register_python_op()
+def store_meanwhile(config, x: Any, url: str = "", options: str = "") -> Any:
+    """``x * 10``; at ``x == 3`` another "run" stores stream ``o3`` (straight to the database)."""
+    if x == 3:
+        db = Database(url, storage_options=json.loads(options))
+        writer = db.begin("o3", "Any", 1, 1)
+        db.commit([writer], [[writer.write_chunk(0, Batch(0, np.arange(1), ["other"]))]])
+    return x * 10
+
+
+def outputs(sc, names, values, op=None):
+    """One ``sc.io.Output`` storing ``values[i]`` (a list) as stream ``names[i]``."""
+    streams = sc.io.Input([sp.MemoryStream(list(v)) for v in values])
+    return sc.io.Output(op(streams) if op else streams, [sp.NamedStream(sc, n) for n in names])
+
+
+def versions(sc, name) -> list[str]:
+    """The version folders of stream ``name`` in the store."""
+    stream_dir = f"{sc.db.root}/{name}/"
+    found = {p[len(stream_dir):].split("/")[0] for p in sc.db.fs.find(stream_dir)}
+    return sorted(v for v in found if v.startswith("v-"))
+
+
+def loaded(sc, names) -> list:
+    return [list(sp.NamedStream(sc, n).load()) for n in names]
+
+
+def test_many_outputs_on_s3_follow_the_cache_modes(s3, db_url):
+    names = [f"o{i}" for i in range(40)]
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        sc.run(outputs(sc, names, [[1, i] for i in range(40)]), show_progress=False)
+        assert loaded(sc, names) == [[1, i] for i in range(40)]
+        with pytest.raises(sp.StreamExistsError, match=r"\['o0', 'o1', .*'o39'\] exist"):
+            sc.run(outputs(sc, ["new"] + names, [[2]] * 41), show_progress=False)
+        assert not sp.NamedStream(sc, "new").exists()
+        stored = sc.run(outputs(sc, ["new"] + names[:5], [[3]] * 6),
+                        cache_mode=sp.CacheMode.Ignore, show_progress=False)
+        assert [s.name for s in stored] == ["new"] + names[:5]
+        assert loaded(sc, ["new"] + names[:5]) == [[3]] + [[1, i] for i in range(5)]
+        sc.run(outputs(sc, names, [[4, i] for i in range(40)]),
+               cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+        assert loaded(sc, names) == [[4, i] for i in range(40)]
+        assert sc.db.names() == sorted(names + ["new"])
+        # each stream keeps only the version it shows: the replaced ones were swept
+        assert [versions(sc, n) for n in names] == [[sc.db.manifest(n)["version"]]
+                                                     for n in names]
+
+
+@pytest.mark.parametrize("mode", [sp.CacheMode.Error, sp.CacheMode.Ignore])
+def test_an_output_stored_by_another_run_meanwhile_on_s3(s3, db_url, mode):
+    names = [f"o{i}" for i in range(12)]
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        def op(streams):
+            return sc.ops.store_meanwhile(x=streams, url=db_url, options=json.dumps(s3))
+
+        out = outputs(sc, names, [[i] for i in range(12)], op)
+        if mode is sp.CacheMode.Error:
+            with pytest.raises(sp.StreamExistsError, match=r"\['o3'\] were stored by another"):
+                sc.run(out, cache_mode=mode, show_progress=False)
+            assert sc.db.names() == ["o3"]  # the run committed none of its outputs
+        else:
+            sc.run(out, cache_mode=mode, show_progress=False)
+            assert loaded(sc, names) == [["other"] if i == 3 else [10 * i] for i in range(12)]
+        assert list(sp.NamedStream(sc, "o3").load()) == ["other"]
+        assert [versions(sc, n) for n in sc.db.names()] == [[sc.db.manifest(n)["version"]]
+                                                           for n in sc.db.names()]
+
+
+def test_names_with_glob_characters_on_s3(s3, db_url):
+    """Streams named with glob characters are replaced, swept and deleted like any other (bulk
+    removal never globs)."""
+    names = ["a*", "a[b]", "ab", "a?"]
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        for value in (1, 2):
+            sc.run(outputs(sc, names, [[value, i] for i in range(4)]),
+                   cache_mode=sp.CacheMode.Overwrite, show_progress=False)
+            assert loaded(sc, names) == [[value, i] for i in range(4)]
+        assert [versions(sc, n) for n in names] == [[sc.db.manifest(n)["version"]]
+                                                     for n in names]
+        sp.NamedStream(sc, "a*").delete()
+        assert sc.db.names() == ["a?", "a[b]", "ab"] and loaded(sc, ["ab"]) == [[2, 2]]
+
+
+class Requests(logging.Handler):
+    """Counts the requests the S3 server answers (from its access log)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record):
+        self.count += '"' in record.getMessage()
+
+
+def test_a_run_makes_a_few_store_requests_per_output(s3, db_url):
+    """A first store, a check that they exist, an overwrite: the requests grow by a few per
+    output (the client's made together, not one after the other; 21 and 29 before), two of
+    them (the chunk, a listing) on the workers."""
+    log = logging.getLogger("werkzeug")
+    counter = Requests()
+    per_run = {}
+    with sp.Client(db_path=db_url, storage_options=s3, show_progress=False) as sc:
+        log.addHandler(counter)
+        log.setLevel(logging.INFO)
+        try:
+            for n in (5, 25):
+                names = [f"n{n}-{i}" for i in range(n)]
+                for mode in (sp.CacheMode.Error, sp.CacheMode.Ignore, sp.CacheMode.Overwrite):
+                    before = counter.count
+                    sc.run(outputs(sc, names, [[i] for i in range(n)]), cache_mode=mode,
+                           show_progress=False)
+                    per_run[n, mode] = counter.count - before
+        finally:
+            log.setLevel(logging.WARNING)
+            log.removeHandler(counter)
+        assert loaded(sc, [f"n25-{i}" for i in range(25)]) == [[i] for i in range(25)]
+    extra = {mode.name: round((per_run[25, mode] - per_run[5, mode]) / 20)
+             for mode in (sp.CacheMode.Error, sp.CacheMode.Ignore, sp.CacheMode.Overwrite)}
+    # first store: exists? (1), lock, chunk, the seal's listing (which the sweep reuses), the
+    # manifest read, checked again and written; all exist: exists? (1); overwrite: lock,
+    # chunk, listing, manifest read and written, the sweep's read of the manifest
+    assert extra == {"Error": 7, "Ignore": 1, "Overwrite": 6}
 
 
 # ------------------------------------------------------------------ a cluster from the CLI

@@ -852,6 +852,22 @@ def test_write_after_abort_fails_clearly(tmp_path):
     assert version_dirs(db, "s") == []
 
 
+def test_a_worker_refreshes_the_heartbeat_only_once_it_is_old(tmp_path):
+    db = Database(str(tmp_path / "db"))
+    writer = db.begin("s", "Any", 4, 2)
+    lock_path = pathlib.Path(writer.version_dir, commit_.LOCK)
+    staged = json.loads(lock_path.read_text())
+    copy = pickle.loads(pickle.dumps(writer))
+    commit_._HEARTBEATS.pop(writer.version_dir, None)  # as in a fresh worker process
+    copy.write_chunk(0, chunk_batch([1, 2, 3, 4], 0, 2))
+    assert json.loads(lock_path.read_text()) == staged  # just staged: checked, not rewritten
+    lock_path.write_text(json.dumps({**staged, "heartbeat": staged["heartbeat"] - 61}))
+    commit_._HEARTBEATS.pop(writer.version_dir, None)
+    copy.write_chunk(1, chunk_batch([1, 2, 3, 4], 1, 2))
+    assert json.loads(lock_path.read_text())["heartbeat"] >= staged["heartbeat"]  # refreshed
+    writer.abort()
+
+
 # ------------------------------------------------------------------------------- overwrite, gc
 
 
@@ -1140,3 +1156,38 @@ def test_a_reader_released_by_the_garbage_collector_under_the_state_lock_does_no
     worker.join(10)
     assert not worker.is_alive(), "unpin blocked on the lock its own thread holds"
     assert not commit._is_pinned(path)
+
+
+# ------------------------------------------------------------------------------- many at once
+
+
+def test_each_makes_every_call_and_raises_the_first_error_in_order():
+    local = fsspec.filesystem("file")  # calls made concurrently, as on a remote store
+    done = []
+
+    def square(i):
+        if i in (2, 5):
+            raise ValueError(f"item {i}")
+        done.append(i)
+        return i * i
+
+    with pytest.raises(ValueError, match="item 2"):
+        storage_fs.each(local, square, range(8))
+    assert sorted(done) == [0, 1, 3, 4, 6, 7]  # the calls after a failed one were made too
+    assert storage_fs.each(local, lambda i: i * i, range(40)) == [i * i for i in range(40)]
+    assert storage_fs.each(MemoryFileSystem(), len, ["ab", "c"]) == [2, 1]
+
+
+def test_many_streams_committed_together_then_replaced(db):
+    writers = [db.writer(f"s{i}", "Any", 3, 2) for i in range(20)]
+    db.stage(writers)
+    infos = [[w.write_chunk(k, chunk_batch([i] * 3, k, 2)) for k in range(2)]
+             for i, w in enumerate(writers)]
+    db.commit(writers, infos)
+    assert [list(db.load(f"s{i}")) for i in range(20)] == [[i, i, i] for i in range(20)]
+    first = {f"s{i}": db.manifest(f"s{i}")["run"] for i in range(20)}
+    assert len(set(first.values())) == 1  # one run record commits them all
+    again = [store(db, f"s{i}", [-i], "Any", commit=False) for i in range(3)]
+    db.commit([w for w, _ in again], [infos for _, infos in again])
+    assert [list(db.load(f"s{i}")) for i in range(4)] == [[0], [-1], [-2], [3, 3, 3]]
+    assert [version_dirs(db, f"s{i}") for i in range(3)] == [[w.version] for w, _ in again]

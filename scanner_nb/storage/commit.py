@@ -2,7 +2,8 @@
 
 A run stages one fresh version folder per output (:class:`StreamWriter`, locked by a
 ``lock.json`` naming its process), into which whichever worker computed a chunk writes it.
-:func:`commit_run` then publishes all outputs together:
+:func:`publish` then publishes all outputs together (each output's manifest is first made by
+:meth:`StreamWriter.seal`, which checks the staged files: on the workers, in ``sc.run``):
 
 1. each output's manifest is written (atomically) naming the new version *and* the run, with
    the stream as it was before as its ``previous``;
@@ -10,6 +11,10 @@ A run stages one fresh version folder per output (:class:`StreamWriter`, locked 
    see a manifest's version only once its run's record exists, else its ``previous``, so a
    kill or a full disk anywhere before this leaves every output as it was;
 3. the staging locks go, and replaced versions are swept (:func:`sweep`).
+
+Every step makes its requests for all outputs at once (:func:`fs.each
+<scanner_nb.storage.fs.each>`: concurrently on a remote store and on local disk), so a run of
+many outputs on an object store costs a few round trips, not a few per output.
 
 **When old versions are removed.** A version that no manifest names any more (replaced by an
 ``Overwrite``, deleted, or left by a failed run whose process is gone) is removed by the next
@@ -31,6 +36,7 @@ import time
 import weakref
 
 import numpy as np
+import psutil
 
 from ..errors import (
     ScannerValueError,
@@ -47,7 +53,7 @@ from .manifest import (
     MANIFEST,
     RUNS,
     VERSION_RE,
-    read_manifest,
+    read_manifests,
     read_raw,
     sign,
     user_key,
@@ -58,7 +64,9 @@ __all__ = [
     "STALE_AFTER",
     "StreamWriter",
     "commit_run",
+    "new_run",
     "new_version",
+    "publish",
     "pin",
     "stage",
     "sweep",
@@ -89,6 +97,11 @@ def _stamp() -> str:
 def new_version(zarr: bool) -> str:
     """A fresh version folder name (``.zarr`` when its chunks are meant to be a Zarr group)."""
     return f"v-{_stamp()}-{secrets.token_hex(6)}" + (".zarr" if zarr else "")
+
+
+def new_run() -> str:
+    """A fresh run id: the name of the run record that commits the run."""
+    return f"r-{_stamp()}-{secrets.token_hex(6)}"
 
 
 def pin(path: str) -> None:
@@ -132,22 +145,14 @@ def _lock_bytes() -> bytes:
                        "heartbeat": now}).encode()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _is_leftover(fs, version_dir: str, stale_after: float) -> bool:
+def _is_leftover(fs, version_dir: str, stale_after: float, locked: bool = True) -> bool:
     """Whether a version folder no manifest names may be removed: never one this process is
-    writing; yes without a lock, or when its owner (on this host) is gone, or (elsewhere) its
-    heartbeat is older than ``stale_after`` seconds."""
+    writing; yes without a lock (``locked=False``: a listing showed none), or when its owner
+    (on this host) is gone, or (elsewhere) its heartbeat is older than ``stale_after`` seconds."""
     if version_dir in _OWNED:
         return False
+    if not locked:
+        return True
     try:
         lock = json.loads(fs_.read_file(fs, fs_.join(version_dir, LOCK)))
         host, pid, beat = lock.get("host"), int(lock.get("pid", -1)), float(lock["heartbeat"])
@@ -156,7 +161,7 @@ def _is_leftover(fs, version_dir: str, stale_after: float) -> bool:
     except (ValueError, OSError, KeyError, TypeError, AttributeError):
         return False  # being written; let a later run decide
     if host == _HOST:
-        return pid == os.getpid() or not _pid_alive(pid)
+        return pid == os.getpid() or not psutil.pid_exists(pid)
     return time.time() - beat > stale_after
 
 
@@ -178,51 +183,82 @@ def stage(fs, stream_dir: str, version: str) -> None:
 _UNREADABLE = object()
 
 
-def _current_version(fs, root: str, name: str, key: bytes):
-    """The version readers of ``name`` see, ``None`` if none, ``_UNREADABLE`` if unknown."""
-    try:
-        return read_manifest(fs, root, name, key)["version"]
-    except StreamNotFoundError:
-        return None
-    except StorageError:
-        return _UNREADABLE if read_raw(fs, root, name) is not None else None
+def _current_versions(fs, root: str, names, key: bytes) -> dict:
+    """The version readers of each name see, ``None`` if none, ``_UNREADABLE`` if unknown."""
+    out = {}
+    for name, manifest in read_manifests(fs, root, names, key).items():
+        out[name] = (manifest["version"] if isinstance(manifest, dict)
+                     else None if isinstance(manifest, StreamNotFoundError) else _UNREADABLE)
+    return out
 
 
-def sweep(fs, root: str, name: str, key: bytes, stale_after: float,
-          include_open: bool = False) -> list[str]:
-    """Remove the leftover versions of ``name`` (see the module docstring); return them."""
-    stream_dir = fs_.join(root, name)
+def _entries(fs, stream_dir: str) -> dict[str, list[str] | None]:
+    """The entries of a stream's folder, each with the files under it: on a remote store from
+    one listing of the whole folder (not one per version); ``None`` (not listed) on local disk."""
+    if fs_.is_local(fs):
+        try:
+            return dict.fromkeys(os.listdir(stream_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
     try:
-        entries = fs.ls(stream_dir, detail=False)
+        found = fs.find(stream_dir, withdirs=True, detail=True)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    removed, current = [], _current_version(fs, root, name, key)
-    for path in entries:
-        base = fs_.basename(path)
-        if base == current:
-            continue
-        full = fs_.join(stream_dir, base)
-        if base.startswith(TMP_PREFIX) and fs_.is_local(fs):  # stage() died midway
-            try:
-                if time.time() - os.stat(full).st_mtime > stale_after:
-                    fs_.rmtree(fs, full)
-            except FileNotFoundError:
-                pass
-            continue
-        if not VERSION_RE.fullmatch(base) or (not include_open and _is_pinned(full)):
-            continue
-        if not _is_leftover(fs, full, stale_after):
-            continue
-        # The lock was checked first: a committing writer removes its lock only after its run
-        # record is written, so the manifest read now tells whether ``base`` is current.
-        current = _current_version(fs, root, name, key)
-        if current == base or current is _UNREADABLE:
-            continue
-        fs_.rmtree(fs, full)
-        removed.append(base)
-    if removed:
-        _log.info("stream %r: swept %d version(s) nothing reads any more (replaced, or left by "
-                  "failed runs): %s", name, len(removed), ", ".join(removed))
+        return {}
+    entries: dict[str, list[str] | None] = {}
+    for path, info in found.items():
+        path = path.rstrip("/")
+        relative = path.removeprefix(stream_dir + "/")
+        if relative != path:
+            files = entries.setdefault(relative.split("/", 1)[0], [])
+            if "/" in relative and info.get("type") != "directory":
+                files.append(path)
+    return entries
+
+
+def sweep(fs, root: str, names, key: bytes, stale_after: float, include_open: bool = False,
+          keep: dict[str, str] | None = None,
+          listed: dict[str, dict] | None = None) -> dict[str, list[str]]:
+    """Remove the leftover versions of each of ``names`` (see the module docstring); return
+    them by name. ``keep`` maps a name to a version just committed (left alone unchecked),
+    ``listed`` a name to its folder's entries as listed before (:meth:`StreamWriter.seal`:
+    what appeared since is left for a later sweep). On a remote store the names are listed,
+    checked and cleared concurrently."""
+    names, keep, listed = list(names), keep or {}, listed or {}
+    candidates = []  # (name, version, its files as listed, or None)
+    unlisted = [n for n in names if n not in listed]
+    listed = {**listed, **dict(zip(unlisted, fs_.each(
+        fs, lambda n: _entries(fs, fs_.join(root, n)), unlisted)))}
+    for name, entries in ((n, listed[n]) for n in names):
+        for base, files in entries.items():
+            full = fs_.join(root, name, base)
+            if base.startswith(TMP_PREFIX) and fs_.is_local(fs):  # stage() died midway
+                try:
+                    if time.time() - os.stat(full).st_mtime > stale_after:
+                        fs_.rmtree(fs, full)
+                except FileNotFoundError:
+                    pass
+            elif (base != keep.get(name) and VERSION_RE.fullmatch(base)
+                  and (include_open or not _is_pinned(full))):
+                candidates.append((name, base, files))
+    leftover = fs_.each(fs, lambda c: _is_leftover(fs, fs_.join(root, c[0], c[1]), stale_after,
+                                                   c[2] is None or fs_.join(root, c[0], c[1], LOCK)
+                                                   in c[2]), candidates)
+    candidates = [c for c, gone in zip(candidates, leftover) if gone]
+    # The locks were checked first: a committing writer removes its lock only after its run
+    # record is written, so the manifests read now tell which versions are current.
+    current = _current_versions(fs, root, sorted({c[0] for c in candidates}), key)
+    doomed = [c for c in candidates if current[c[0]] not in (c[1], _UNREADABLE)]
+    if fs_.is_object_store(fs):  # their files as listed, in bulk
+        fs_.rm_files(fs, [path for _, _, files in doomed for path in files])
+    else:
+        fs_.each(fs, lambda c: fs_.rmtree(fs, fs_.join(root, c[0], c[1])), doomed)
+    removed: dict[str, list[str]] = {name: [] for name in names}
+    for name, base, _ in doomed:
+        removed[name].append(base)
+    for name, versions in removed.items():
+        if versions:
+            _log.info("stream %r: swept %d version(s) nothing reads any more (replaced, or left "
+                      "by failed runs): %s", name, len(versions), ", ".join(versions))
     return removed
 
 
@@ -254,7 +290,8 @@ class StreamWriter:
     :meth:`write_chunk`, and it carries the element type's current ``serialize`` with it (a
     worker need not have registered the type, and never uses an older registration). The
     process that called ``begin`` then calls :meth:`commit` (or :func:`commit_run` for several
-    outputs together) with their infos, or :meth:`abort`.
+    outputs together) with their infos, or :meth:`abort`; or :meth:`seal` is called where the
+    chunks were written and :func:`publish` commits the sealed manifests.
     """
 
     def __init__(self, url: str, name: str, version: str, type_name: str, length: int,
@@ -303,6 +340,8 @@ class StreamWriter:
         return min(self.length, (k + 1) * self.chunk_rows) - k * self.chunk_rows
 
     def _heartbeat(self, fs) -> None:
+        """Check, in a process writing chunks, that the staging version is still there, and
+        refresh its lock's heartbeat when it is older than ``HEARTBEAT_EVERY``."""
         key = self.version_dir
         if time.time() - _HEARTBEATS.get(key, 0.0) < HEARTBEAT_EVERY:
             return
@@ -314,6 +353,10 @@ class StreamWriter:
                 f"the staging version of stream {self.name!r} was removed (the run was "
                 f"aborted, or it was cleaned up as a leftover); nothing is written") from None
         except ValueError:
+            return
+        beat = lock.get("heartbeat")
+        if isinstance(beat, (int, float)) and time.time() - beat < HEARTBEAT_EVERY:
+            _HEARTBEATS[key] = min(beat, time.time())  # fresh (just staged): no write needed
             return
         lock["heartbeat"] = time.time()
         fs_.atomic_write(fs, lock_path, json.dumps(lock).encode(), key)
@@ -403,19 +446,23 @@ class StreamWriter:
             return encodings.pop(), frame
         return ("mixed" if infos else "elements"), frame
 
-    def manifest(self, chunk_infos, metadata: dict | None = None) -> dict:
-        """The manifest of this version from the chunks' infos (checked; not yet signed)."""
+    def seal(self, chunk_infos, run: str,
+             metadata: dict | None = None) -> tuple[dict, dict | None]:
+        """The manifest of this version in run ``run`` from the chunks' infos (checked against
+        the files staged; not yet signed), with the Zarr group's metadata written if the
+        chunks form one; and the other entries of the stream's folder as listed for that
+        (``None`` on local disk), which :func:`publish`'s sweep then need not list again. Runs
+        where the chunks were written (a worker) or in the committer."""
         if self._state != "open":
             raise StorageError(f"stream writer of {self.name!r} is already {self._state}")
         infos = self._check_infos(list(chunk_infos))
         fs = self._fs
-        try:
-            present = set(fs.find(self.version_dir)) if not fs_.is_local(fs) else {
-                fs_.join(dirpath, f) for dirpath, _, files in os.walk(self.version_dir)
-                for f in files}
-        except FileNotFoundError:
-            present = set()
-        if fs_.join(self.version_dir, LOCK) not in {p.rstrip("/") for p in present}:
+        if fs_.is_local(fs):
+            present, others = set(fs_.files_under(fs, self.version_dir)), None
+        else:  # one listing of the stream's folder: this version's files and the others
+            others = _entries(fs, fs_.join(self._root, self.name))
+            present = set(others.pop(self.version, None) or [])
+        if fs_.join(self.version_dir, LOCK) not in present:
             raise StorageError(
                 f"cannot commit stream {self.name!r}: its staging version was removed (the "
                 f"run was aborted, or it was cleaned up as a leftover)")
@@ -430,7 +477,7 @@ class StreamWriter:
         manifest = {
             "format": "scanner_nb.stream", "format_version": FORMAT_VERSION, "name": self.name,
             "type": self.type_name, "length": self.length, "chunk_rows": self.chunk_rows,
-            "num_chunks": self.num_chunks, "version": self.version, "layout": layout,
+            "num_chunks": self.num_chunks, "version": self.version, "run": run, "layout": layout,
             "frame": frame, "storage": self.storage, "fps": self.fps,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "chunks": [{key: i[key] for key in ("encoding", "rows", "shape", "dtype", "nulls",
@@ -438,7 +485,12 @@ class StreamWriter:
         }
         for key, value in (metadata or {}).items():
             manifest.setdefault(key, value)
-        return manifest
+        if layout == "zarr":
+            try:
+                self._write_zarr_metadata(manifest)
+            except OSError as exc:
+                raise fs_.write_error(f"the metadata of stream {self.name!r}", exc) from exc
+        return manifest, others
 
     def _write_zarr_metadata(self, manifest: dict) -> None:
         frame = manifest["frame"]
@@ -489,79 +541,100 @@ def _common_frame(elements) -> tuple[list | None, str | None]:
 
 def commit_run(writers: list[StreamWriter], chunk_infos: list, replace: bool,
                metadata: list | None, key: bytes, stale_after: float = STALE_AFTER) -> None:
-    """Publish every writer's stream together, or none of them (see the module docstring).
-
-    With ``replace=False`` an output that exists (stored by another run meanwhile) raises
-    :class:`StreamExistsError` and nothing is committed. A write that fails (a full disk) is
-    a :class:`StorageError`; nothing is committed then either. On error the caller aborts the
-    writers.
-    """
+    """Seal every writer with its chunks' infos and :func:`publish` them as one run."""
     if not writers:
         return
+    run = new_run()
+    sealed = fs_.each(writers[0]._fs, lambda a: a[0].seal(a[1], run, a[2]),
+                      zip(writers, chunk_infos, metadata or [None] * len(writers)))
+    publish(writers, sealed, replace, key, stale_after)
+
+
+def _taken(names: list[str]) -> StreamExistsError:
+    return StreamExistsError(
+        f"stored stream(s) {names} were stored by another run while this one was computing; "
+        f"they are kept (pass cache_mode=sp.CacheMode.Overwrite to replace them)")
+
+
+def publish(writers: list[StreamWriter], sealed: list[tuple[dict, dict | None]], replace: bool,
+            key: bytes, stale_after: float = STALE_AFTER,
+            skip_existing: bool = False) -> list[StreamWriter]:
+    """Publish the writers' streams together, or none of them (see the module docstring).
+
+    ``sealed``: what :meth:`StreamWriter.seal` returned for each, all in one run. With
+    ``replace=False`` an output that exists now (stored by another run meanwhile) raises
+    :class:`StreamExistsError` naming them all, and nothing is committed; with
+    ``skip_existing`` too, such outputs are left out instead (their writers stay open). A write
+    that fails (a full disk) is a :class:`StorageError`; nothing is committed then either. On
+    error the caller aborts the writers. Returns the writers committed.
+    """
+    if not writers:
+        return []
     fs, root = writers[0]._fs, writers[0]._root
-    run = f"r-{_stamp()}-{secrets.token_hex(6)}"
-    manifests = []
-    for writer, infos, extra in zip(writers, chunk_infos, metadata or [None] * len(writers)):
-        manifest = writer.manifest(infos, extra)
-        manifest["run"] = run
-        if manifest["layout"] == "zarr":
-            try:
-                writer._write_zarr_metadata(manifest)
-            except OSError as exc:
-                raise fs_.write_error(f"the metadata of stream {writer.name!r}", exc) from exc
-        manifests.append(manifest)
+    names = [w.name for w in writers]
+    raws = dict(zip(names, fs_.each(fs, lambda n: read_raw(fs, root, n), names)))
+    current = read_manifests(fs, root, names, key, raws)
+    pairs = [(w, manifest) for w, (manifest, _) in zip(writers, sealed)]
+    if not replace:
+        stored = [n for n in names if not isinstance(current[n], StreamNotFoundError)]
+        if skip_existing:
+            pairs, stored = [(w, m) for w, m in pairs if w.name not in stored], []
+        pending = fs_.each(fs, lambda n: _pending_elsewhere(fs, root, n, raws[n], stale_after),
+                           [w.name for w, _ in pairs])
+        taken = stored + [w.name for (w, _), p in zip(pairs, pending) if p]
+        if taken:
+            raise _taken(taken)
+    if not pairs:
+        return []
+    run = pairs[0][1]["run"]
     written: list[tuple[str, bytes | None]] = []  # (manifest path, its bytes before)
+
+    def put(pair) -> None:
+        writer, manifest = pair
+        path = fs_.join(root, writer.name, MANIFEST)
+        checked = validate(json.loads(json.dumps(manifest)), writer.name, path)
+        checked["signature"] = sign(checked, key)
+        previous = current[writer.name]
+        if isinstance(previous, dict):
+            previous.pop("signed", None)
+            previous.pop("pending", None)
+            checked["previous"] = previous
+        data = json.dumps(checked, indent=1).encode()
+        entry = (path, raws[writer.name])
+        written.append(entry)
+        try:
+            if entry[1] is None and not replace:  # of two runs creating it, one wins
+                if not fs_.atomic_create(fs, path, data, writer.version_dir):
+                    written.remove(entry)
+                    raise _taken([writer.name])
+            else:
+                fs_.atomic_write(fs, path, data, writer.version_dir)
+        except OSError as exc:
+            raise fs_.write_error(f"the manifest of stream {writer.name!r}", exc) from exc
+
     try:
-        for writer, manifest in zip(writers, manifests):
-            path = fs_.join(root, writer.name, MANIFEST)
-            old_raw = read_raw(fs, root, writer.name)
-            try:
-                previous = read_manifest(fs, root, writer.name, key, old_raw)
-            except (StorageError, StreamNotFoundError):
-                previous = None
-            if not replace and (previous is not None or _pending_elsewhere(fs, root, writer.name,
-                                                                          old_raw, stale_after)):
-                raise StreamExistsError(
-                    f"stream {writer.name!r} was stored by another run while this one was "
-                    f"computing; it is kept (pass cache_mode=sp.CacheMode.Overwrite to "
-                    f"replace it)")
-            checked = validate(json.loads(json.dumps(manifest)), writer.name, path)
-            checked["signature"] = sign(checked, key)
-            if previous is not None:
-                previous.pop("signed", None)
-                previous.pop("pending", None)
-                checked["previous"] = previous
-            data = json.dumps(checked, indent=1).encode()
-            written.append((path, old_raw))
-            try:
-                if old_raw is None and not replace:  # of two runs creating it, one wins
-                    if not fs_.atomic_create(fs, path, data, writer.version_dir):
-                        written.pop()
-                        raise StreamExistsError(
-                            f"stream {writer.name!r} was stored by another run while this one "
-                            f"was computing; it is kept (pass cache_mode=sp.CacheMode.Overwrite "
-                            f"to replace it)")
-                else:
-                    fs_.atomic_write(fs, path, data, writer.version_dir)
-            except OSError as exc:
-                raise fs_.write_error(f"the manifest of stream {writer.name!r}", exc) from exc
-        record = json.dumps({"run": run, "outputs": [w.name for w in writers],
+        fs_.each(fs, put, pairs)
+        record = json.dumps({"run": run, "outputs": [w.name for w, _ in pairs],
                              "created": time.time()}).encode()
         try:
             fs.makedirs(fs_.join(root, RUNS), exist_ok=True)
             fs_.atomic_write(fs, fs_.join(root, RUNS, f"{run}.json"), record,
                              fs_.join(root, RUNS))
         except OSError as exc:
-            names = [w.name for w in writers]
-            raise fs_.write_error(f"the record of the run storing {names}", exc) from exc
+            raise fs_.write_error(f"the record of the run storing {[w.name for w, _ in pairs]}",
+                                  exc) from exc
     except BaseException:
         _restore(fs, written, writers[0].version_dir)
         raise
     # committed: everything below is tidying up
-    for writer in writers:
+    committed = [w for w, _ in pairs]
+    for writer in committed:
         writer.finish("committed")
-        fs_.rm_file(fs, fs_.join(writer.version_dir, LOCK))
-        sweep(fs, root, writer.name, key, stale_after)
+    fs_.rm_files(fs, [fs_.join(w.version_dir, LOCK) for w in committed])
+    listed = {w.name: others for w, (_, others) in zip(writers, sealed) if others is not None}
+    sweep(fs, root, [w.name for w in committed], key, stale_after,
+          keep={w.name: w.version for w in committed}, listed=listed)
+    return committed
 
 
 def _pending_elsewhere(fs, root: str, name: str, raw: bytes | None, stale_after: float) -> bool:

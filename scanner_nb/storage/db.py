@@ -40,11 +40,12 @@ from .commit import (
     new_version,
     own,
     pin,
+    publish,
     stage,
     sweep,
     unpin,
 )
-from .manifest import MANIFEST, RUN_RE, RUNS, read_manifest, read_raw, user_key
+from .manifest import MANIFEST, RUN_RE, RUNS, read_manifest, read_manifests, read_raw, user_key
 
 __all__ = ["Database", "default_db_path", "validate_name"]
 
@@ -139,13 +140,13 @@ class Database:
     def exists(self, name: str) -> bool:
         """Whether ``name`` is a committed stream (a malformed one counts: an ``Overwrite``
         replaces it, ``CacheMode.Error`` refuses to)."""
-        try:
-            self.manifest(name)
-        except StreamNotFoundError:
-            return False
-        except StorageError:
-            return True
-        return True
+        return bool(self.existing([name]))
+
+    def existing(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` that :meth:`exists` (read concurrently on a remote store)."""
+        names = [validate_name(n) for n in names]
+        found = read_manifests(self.fs, self.root, names, self.key)
+        return [n for n in names if not isinstance(found[n], StreamNotFoundError)]
 
     def manifest(self, name: str) -> dict:
         """The checked manifest of stream ``name`` as readers see it.
@@ -172,12 +173,8 @@ class Database:
             entries = self.fs.ls(self.root, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        names = []
-        for entry in entries:
-            base = fs_.basename(entry["name"])
-            if entry.get("type") == "directory" and not _name_problem(base) and self.exists(base):
-                names.append(base)
-        return sorted(names)
+        folders = [fs_.basename(e["name"]) for e in entries if e.get("type") == "directory"]
+        return sorted(self.existing(n for n in folders if not _name_problem(n)))
 
     def delete(self, name: str) -> None:
         """Remove stream ``name``: its manifest first (it vanishes at once), then its versions
@@ -186,7 +183,7 @@ class Database:
         if read_raw(self.fs, self.root, name) is None:
             return
         fs_.rm_file(self.fs, fs_.join(stream_dir, MANIFEST))
-        sweep(self.fs, self.root, name, self.key, self.stale_after)
+        sweep(self.fs, self.root, [name], self.key, self.stale_after)
         try:
             if not self.fs.ls(stream_dir):
                 self.fs.rmdir(stream_dir)
@@ -201,21 +198,15 @@ class Database:
         ``zarr_path`` handed out) are kept unless ``include_open`` (then open zarr/dask
         handles on them read missing chunks).
         """
-        removed, runs = [], set()
         try:
             entries = self.fs.ls(self.root, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return []
-        for path in entries:
-            name = fs_.basename(path)
-            if _name_problem(name):
-                continue
-            removed += [f"{name}/{v}" for v in sweep(self.fs, self.root, name, self.key,
-                                                     self.stale_after, include_open)]
-            try:
-                runs.add(read_manifest(self.fs, self.root, name, self.key)["run"])
-            except (StorageError, StreamNotFoundError):
-                pass
+        names = [n for n in map(fs_.basename, entries) if not _name_problem(n)]
+        swept = sweep(self.fs, self.root, names, self.key, self.stale_after, include_open)
+        removed = [f"{name}/{v}" for name in names for v in swept[name]]
+        runs = {m["run"] for m in read_manifests(self.fs, self.root, names, self.key).values()
+                if isinstance(m, dict)}
         runs_dir = fs_.join(self.root, RUNS)
         try:
             records = self.fs.ls(runs_dir, detail=True)
@@ -240,6 +231,15 @@ class Database:
         default; ``{"encoding": "zarr"}`` bit-exact). Makes a fresh staging version folder
         (locked by this process) and removes leftovers of earlier failed runs of the name.
         """
+        writer = self.writer(name, type_name, length, chunk_rows, storage, fps)
+        sweep(self.fs, self.root, [name], self.key, self.stale_after)
+        self.stage([writer])
+        return writer
+
+    def writer(self, name: str, type_name: str, length: int, chunk_rows: int,
+               storage: dict | None = None, fps: float | None = None) -> StreamWriter:
+        """A writer of a new version of ``name`` as :meth:`begin` makes, not staged yet (no
+        I/O): :meth:`stage` it before writing."""
         validate_name(name)
         stream_type = lookup_type(type_name)  # an unregistered type fails before any work
         length, chunk_rows = int(length), int(chunk_rows)
@@ -249,31 +249,57 @@ class Database:
             raise ScannerValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         if storage is None:
             storage = codecs.video_options() if type_name == "FrameType" else {"encoding": "zarr"}
-        sweep(self.fs, self.root, name, self.key, self.stale_after)
         builtin = type_name in ("FrameType", "bytes", "Any")
-        writer = StreamWriter(self.url, name, new_version(storage["encoding"] == "zarr"),
-                              type_name, length, chunk_rows, storage, self.storage_options,
-                              None if builtin else stream_type.serialize, fps)
-        own(writer)  # from now on a sweep in another thread leaves it alone
+        return StreamWriter(self.url, name, new_version(storage["encoding"] == "zarr"),
+                            type_name, length, chunk_rows, storage, self.storage_options,
+                            None if builtin else stream_type.serialize, fps)
+
+    def stage(self, writers: list[StreamWriter]) -> None:
+        """Make each writer's staging version folder, locked by this process (concurrently on
+        a remote store). On failure every one of them is aborted.
+
+        Raises
+        ------
+        StorageError
+            Naming the stream and the reason.
+        """
+        for writer in writers:
+            own(writer)  # from now on a sweep in another thread leaves it alone
+
+        def make(writer: StreamWriter) -> None:
+            stream_dir = self._stream_dir(writer.name)
+            try:
+                for attempt in range(3):
+                    try:  # a delete() of the name may remove an empty stream folder meanwhile
+                        stage(self.fs, stream_dir, writer.version)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
+            except Exception as exc:
+                raise StorageError(f"cannot write stream {writer.name!r} in {self.url!r}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
         try:
-            for attempt in range(3):
-                try:  # a delete() of the name may remove an empty stream folder meanwhile
-                    self.fs.makedirs(self._stream_dir(name), exist_ok=True)
-                    stage(self.fs, self._stream_dir(name), writer.version)
-                    break
-                except FileNotFoundError:
-                    if attempt == 2:
-                        raise
-        except Exception as exc:
-            writer.finish("aborted")
-            raise StorageError(f"cannot write stream {name!r} in {self.url!r}: "
-                               f"{type(exc).__name__}: {exc}") from exc
-        return writer
+            fs_.each(self.fs, make, writers)
+        except BaseException:
+            self.abort(writers)
+            raise
+
+    def abort(self, writers: list[StreamWriter]) -> None:
+        """:meth:`StreamWriter.abort` each writer (concurrently on a remote store)."""
+        fs_.each(self.fs, lambda w: w.abort(), writers)
 
     def commit(self, writers: list[StreamWriter], chunk_infos: list, replace: bool = True,
                metadata: list | None = None) -> None:
         """Publish the writers' streams together, or none (see :mod:`.commit`)."""
         commit_run(writers, chunk_infos, replace, metadata, self.key, self.stale_after)
+
+    def publish(self, writers: list[StreamWriter], sealed: list[tuple[dict, dict | None]],
+                replace: bool = True, skip_existing: bool = False) -> list[StreamWriter]:
+        """Publish writers sealed by :meth:`StreamWriter.seal` (on the workers) together, or
+        none; return those committed (see :func:`.commit.publish`)."""
+        return publish(writers, sealed, replace, self.key, self.stale_after, skip_existing)
 
     # reading ---------------------------------------------------------------------------------
     def zarr_path(self, name: str) -> str:

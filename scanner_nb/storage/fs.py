@@ -1,5 +1,5 @@
 """File primitives on any fsspec filesystem: whole-file reads and writes, atomic replace and
-create, and tree removal that never globs.
+create, tree removal that never globs, and :func:`each` to run many of them at once.
 
 A plain local disk (exactly :class:`fsspec.implementations.local.LocalFileSystem`) gets plain
 ``os`` calls (``os.replace``, ``os.link``, ``shutil.rmtree``); every other filesystem, a
@@ -10,16 +10,20 @@ disk, a read-only folder) becomes a :class:`~scanner_nb.errors.StorageError` thr
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import functools
+import inspect
 import json
 import os
 import secrets
 import shutil
+from glob import has_magic  # what fsspec's own globbing tests
 from typing import Any
 
 import fsspec
 import numpy as np
+from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import ScannerValueError, StorageError
@@ -28,19 +32,27 @@ __all__ = [
     "atomic_create",
     "atomic_write",
     "basename",
+    "each",
+    "files_under",
     "filesystem",
     "is_local",
+    "is_object_store",
     "join",
     "normalize_url",
     "read_file",
     "rm_file",
+    "rm_files",
     "rmtree",
     "write_error",
     "write_file",
 ]
 
-#: Protocols on which one PUT of a whole object is atomic (readers see old or new bytes).
-_ATOMIC_PUT = {"memory", "s3", "s3a", "gcs", "gs", "abfs", "az", "adl", "oss"}
+#: How many requests :func:`each` keeps in flight on a remote store.
+CONCURRENCY = 32
+#: Object stores: no folders (a "folder" is a prefix of keys), and one PUT of a whole object
+#: is atomic (readers see old or new bytes).
+_OBJECT_STORES = {"s3", "s3a", "gcs", "gs", "abfs", "az", "adl", "oss"}
+_ATOMIC_PUT = _OBJECT_STORES | {"memory"}
 
 
 def normalize_url(url) -> str:
@@ -86,6 +98,35 @@ def is_local(fs) -> bool:
     return type(fs) is LocalFileSystem
 
 
+def each(fs, fn, items) -> list:
+    """``[fn(item) for item in items]``, with the calls made concurrently when ``fs`` is a
+    remote (asynchronous) store such as S3, where each is a round trip, or the local disk,
+    where each write waits for its ``fsync``; one by one elsewhere (memory).
+
+    Every call has ended when this returns or raises; an error is the first in ``items``' order.
+
+    >>> each(fsspec.filesystem("memory"), len, ["ab", "c"])
+    [2, 1]
+    """
+    items = list(items)
+    if len(items) < 2 or not (isinstance(fs, AsyncFileSystem) or is_local(fs)):
+        return [fn(item) for item in items]
+    with concurrent.futures.ThreadPoolExecutor(min(CONCURRENCY, len(items)),
+                                               thread_name_prefix="scanner_nb-store") as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    return [future.result() for future in futures]
+
+
+def files_under(fs, path: str) -> list[str]:
+    """The paths of the files under folder ``path`` (all levels), ``[]`` if it is missing."""
+    if is_local(fs):
+        return [join(dirpath, f) for dirpath, _, files in os.walk(path) for f in files]
+    try:
+        return [p.rstrip("/") for p in fs.find(path)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def write_error(what: str, exc: OSError) -> StorageError:
     """The :class:`StorageError` for an ``OSError`` met while writing ``what``."""
     why = ("the disk is full" if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
@@ -93,12 +134,24 @@ def write_error(what: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot write {what}: {why}; nothing of it is committed")
 
 
+def _protocols(fs) -> set:
+    return set(fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+
+@functools.lru_cache(maxsize=16)
+def _one_request(cls) -> dict:
+    """Options of ``cat_file`` that read a file in one request: s3fs asks for the size first
+    (a HEAD, and a listing when there is no such file) to split large files into ranges."""
+    return {"max_concurrency": 1} if "max_concurrency" in inspect.signature(
+        getattr(cls, "_cat_file", cls.cat_file)).parameters else {}
+
+
 def read_file(fs, path: str) -> bytes:
-    """All bytes of one file."""
+    """All bytes of one file (one request on an object store)."""
     if is_local(fs):
         with open(path, "rb") as f:
             return f.read()
-    return fs.cat_file(path)
+    return fs.cat_file(path, **_one_request(type(fs)))
 
 
 def write_file(fs, path: str, data) -> None:
@@ -140,8 +193,7 @@ def atomic_write(fs, path: str, data: bytes, tmp_dir: str) -> None:
             rm_file(fs, tmp)
             raise
         return
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    if _ATOMIC_PUT.intersection(protocols):
+    if _ATOMIC_PUT & _protocols(fs):
         fs.pipe_file(path, data)
         return
     try:
@@ -156,7 +208,8 @@ def atomic_create(fs, path: str, data: bytes, tmp_dir: str) -> bool:
     """Write ``path`` whole only if it does not exist; ``False`` (nothing written) if it does.
 
     Local disk: a temporary file hard-linked to ``path`` (``link`` fails on an existing name,
-    atomically). Elsewhere: a check, then :func:`atomic_write`.
+    atomically). Elsewhere: a check (reading it: one request for a small file, where asking
+    whether it exists can take two), then :func:`atomic_write`.
     """
     if is_local(fs):
         tmp = join(tmp_dir, f".{basename(path)}.new-{secrets.token_hex(6)}")
@@ -175,10 +228,18 @@ def atomic_create(fs, path: str, data: bytes, tmp_dir: str) -> bool:
                 return True
         finally:
             rm_file(fs, tmp)
-    if fs.exists(path):
+    try:
+        read_file(fs, path)
         return False
+    except FileNotFoundError:
+        pass
     atomic_write(fs, path, data, tmp_dir)
     return True
+
+
+def is_object_store(fs) -> bool:
+    """Whether ``fs`` is an object store (S3, GCS, Azure, ...): no folders, atomic PUTs."""
+    return bool(_OBJECT_STORES & _protocols(fs))
 
 
 def rmtree(fs, path: str) -> None:
@@ -190,17 +251,27 @@ def rmtree(fs, path: str) -> None:
         found = fs.find(path, withdirs=True, detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return
-    files = [p for p, info in found.items() if info.get("type") != "directory"]
-    dirs = sorted((p for p, info in found.items() if info.get("type") == "directory"),
-                  key=len, reverse=True)
-    for p in files:
-        rm_file(fs, p)
-    for p in dirs + [path]:
-        try:
-            fs.rmdir(p)
-        except (FileNotFoundError, OSError):
-            pass
+    rm_files(fs, [p for p, info in found.items() if info.get("type") != "directory"])
+    if not is_object_store(fs):  # an object store has no folders to remove
+        dirs = sorted((p for p, info in found.items() if info.get("type") == "directory"),
+                      key=len, reverse=True)
+        for p in dirs + [path]:
+            try:
+                fs.rmdir(p)
+            except (FileNotFoundError, OSError):
+                pass
     fs.invalidate_cache(path)
+
+
+def rm_files(fs, paths: list[str]) -> None:
+    """Remove files; missing ones are fine. On an object store in bulk (S3: one request per
+    1,000 files); never globbing (a path with ``*?[`` is removed alone)."""
+    if is_object_store(fs):
+        literal = [p for p in paths if not has_magic(p)]
+        if literal:
+            fs.rm(literal)
+        paths = [p for p in paths if has_magic(p)]
+    each(fs, lambda p: rm_file(fs, p), paths)
 
 
 def rm_file(fs, path: str) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "VERSION_RE",
     "is_signed",
     "read_manifest",
+    "read_manifests",
     "run_committed",
     "sign",
     "user_key",
@@ -227,25 +228,59 @@ def read_raw(fs, root: str, name: str) -> bytes | None:
 def read_manifest(fs, root: str, name: str, key: bytes, raw: bytes | None = None) -> dict:
     """The manifest readers of ``name`` see: the committed one (a run's record exists), else
     its ``previous``; :class:`StreamNotFoundError` if there is none. Its ``signed`` key tells
-    whether this user (``key``) committed it."""
+    whether this user (``key``) committed it. ``raw``: its bytes, when already read."""
+    result = read_manifests(fs, root, [name], key, None if raw is None else {name: raw})[name]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def read_manifests(fs, root: str, names, key: bytes,
+                   raws: dict[str, bytes | None] | None = None) -> dict[str, dict | Exception]:
+    """:func:`read_manifest` of each of ``names`` (each a manifest, or the
+    :class:`StreamNotFoundError` / :class:`StorageError` it would raise), with the files and
+    run records read concurrently on a remote store. ``raws``: the manifests' bytes already
+    read (``None`` for none)."""
+    names = list(names)
+    if raws is None:
+        raws = dict(zip(names, fs_.each(fs, lambda n: read_raw(fs, root, n), names)))
+    out: dict[str, dict | Exception] = {}
+    for name in names:
+        try:
+            out[name] = _parse(root, name, raws[name])
+        except (StreamNotFoundError, StorageError) as exc:
+            out[name] = exc
+    runs = sorted({m["run"] for m in out.values() if isinstance(m, dict)})
+    committed = dict(zip(runs, fs_.each(fs, lambda run: run_committed(fs, root, run), runs)))
+    for name, manifest in out.items():
+        if isinstance(manifest, dict):
+            try:
+                out[name] = _resolve(root, name, manifest, committed[manifest["run"]], key)
+            except StreamNotFoundError as exc:
+                out[name] = exc
+    return out
+
+
+def _parse(root: str, name: str, raw: bytes | None) -> dict:
     where = fs_.join(root, name, MANIFEST)
-    raw = read_raw(fs, root, name) if raw is None else raw
     if raw is None:
         raise StreamNotFoundError(f"no stored stream named {name!r} in {root!r}")
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise StorageError(f"the manifest of stream {name!r} ({where}) is too large")
     try:
-        manifest = validate(json.loads(raw), name, where)
+        return validate(json.loads(raw), name, where)
     except (ValueError, RecursionError) as exc:
         raise StorageError(f"the manifest of stream {name!r} ({where}) is corrupt: {exc}") from None
-    pending = not run_committed(fs, root, manifest["run"])
-    if pending:
+
+
+def _resolve(root: str, name: str, manifest: dict, committed: bool, key: bytes) -> dict:
+    if not committed:
         previous = manifest.get("previous")
         if previous is None:
             raise StreamNotFoundError(f"no stored stream named {name!r} in {root!r} (a run "
                                       f"storing it did not commit)")
         manifest = previous
     manifest.pop("previous", None)
-    manifest["pending"] = pending  # a run replacing it wrote its manifest, not yet its record
+    manifest["pending"] = not committed  # a run replacing it wrote its manifest, not its record
     manifest["signed"] = is_signed(manifest, key)
     return manifest
