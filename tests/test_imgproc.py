@@ -426,12 +426,19 @@ def test_convert_color_kernel(frames):
     kernel.new_stream(conversion="COLOR_RGB2GRAY")
     np.testing.assert_array_equal(kernel.execute(frames), gray)
     kernel.new_stream(conversion="hsv")
-    hsv = kernel.execute(frames)
+    given = frames.copy()
+    hsv = kernel.execute(given)
+    assert hsv is given  # same shape: written over the op's own input, no new batch
     np.testing.assert_array_equal(hsv[0], cv2.cvtColor(frames[0], cv2.COLOR_RGB2HSV))
     within_one(hsv, convert_color(frames, "hsv", np))
     kernel.new_stream(conversion="COLOR_RGB2LAB")
-    np.testing.assert_array_equal(kernel.execute(frames)[1],
+    np.testing.assert_array_equal(kernel.execute(frames.copy())[1],
                                   cv2.cvtColor(frames[1], cv2.COLOR_RGB2LAB))
+    bayer = frames[..., :1].copy()  # demosaicing reads neighbours: never in place
+    kernel.new_stream(conversion="COLOR_BayerBG2GRAY")
+    np.testing.assert_array_equal(kernel.execute(bayer)[2, ..., 0],
+                                  cv2.cvtColor(frames[2, ..., :1], cv2.COLOR_BayerBG2GRAY))
+    np.testing.assert_array_equal(bayer, frames[..., :1])
     with pytest.raises(ScannerValueError, match="COLOR_RGB2GRAY"):
         kernel.new_stream(conversion="COLOR_NOPE")
     with pytest.raises(ScannerValueError):
@@ -442,7 +449,7 @@ def test_blur_kernel(frames):
     import cv2
 
     _, kernel = make_kernel("Blur", kernel_size=5, sigma=1.2)
-    out = kernel.execute(frames)
+    out = kernel.execute(frames.copy())
     within_one(out, blur(frames, 5, 1.2, np))
     np.testing.assert_array_equal(out[0], cv2.GaussianBlur(frames[0], (5, 5), 1.2))
     with pytest.raises(ScannerValueError):

@@ -60,8 +60,10 @@ def conversion_code(conversion: Any) -> str:
 
     Examples
     --------
-    >>> conversion_code("gray"), conversion_code("COLOR_RGB2HSV")
+    >>> conversion_code("gray"), conversion_code("color_rgb2hsv")
     ('COLOR_RGB2GRAY', 'COLOR_RGB2HSV')
+    >>> conversion_code("COLOR_RGB2YCrCb")  # OpenCV's own mixed-case spelling
+    'COLOR_RGB2YCrCb'
     """
     if not isinstance(conversion, str):
         raise ScannerTypeError(
@@ -69,24 +71,34 @@ def conversion_code(conversion: Any) -> str:
     name = conversion.strip()
     if name.lower() in _SHORT_CONVERSIONS:
         return _SHORT_CONVERSIONS[name.lower()]
-    if not name.upper().startswith("COLOR_") or not hasattr(_cv2(), name.upper()):
-        raise ScannerValueError(
-            f"unknown conversion {conversion!r}: give an OpenCV name such as 'COLOR_RGB2GRAY' "
-            f"or one of {', '.join(_SHORT_CONVERSIONS)}")
-    return name.upper()
+    for candidate in (name, name.upper()):  # OpenCV spells some in mixed case: COLOR_RGB2YCrCb
+        if candidate.upper().startswith("COLOR_") and hasattr(_cv2(), candidate):
+            return candidate
+    raise ScannerValueError(
+        f"unknown conversion {conversion!r}: give an OpenCV name such as 'COLOR_RGB2GRAY' "
+        f"or one of {', '.join(_SHORT_CONVERSIONS)}")
 
 
 def _device_type(config: Any) -> DeviceType:
     return getattr(config, "device_type", None) or DeviceType.CPU
 
 
-def _per_frame(function: Callable, frames: Any) -> Any:
-    """``function(frame)`` for each frame, into one preallocated array when the input is an
-    ``(m, H, W, C)`` array (OpenCV writes each result in place), else a list."""
+def _per_frame(function: Callable, frames: Any, in_place: bool = False) -> Any:
+    """``function(frame, dst)`` for each frame, into one ``(m, H, W, C)`` array when the input
+    is one (OpenCV writes each result in place), else a list.
+
+    With ``in_place``, results of the frames' shape and dtype are written over the frames
+    themselves: an op's input is its own (the engine copies an input that others also see), and
+    a new batch's first touch of fresh pages costs as much as a cheap OpenCV call.
+    """
     if not (isinstance(frames, np.ndarray) and frames.ndim == 4):
         return [None if f is None else function(f) for f in frames]
     first = function(frames[0])
-    out = np.empty((len(frames), *first.shape), first.dtype)
+    if in_place and frames.flags.writeable and (first.shape, first.dtype) == (
+            frames.shape[1:], frames.dtype):
+        out = frames
+    else:
+        out = np.empty((len(frames), *first.shape), first.dtype)
     out[0] = first
     for i in range(1, len(frames)):
         dst = out[i]
@@ -113,10 +125,10 @@ class _ImageOp(Kernel):
     def on_cpu(self) -> bool:
         return self.xp is np
 
-    def on_host(self, frames: Any, function: Callable) -> Any:
+    def on_host(self, frames: Any, function: Callable, in_place: bool = False) -> Any:
         """Run an OpenCV ``function`` per frame on the host and give the result back on the
-        op's device (the GPU path's fallback)."""
-        out = _per_frame(function, to_host(frames))
+        op's device (the GPU path's fallback); ``in_place``: see :func:`_per_frame`."""
+        out = _per_frame(function, to_host(frames), in_place)
         return out if self.on_cpu else to_device(out, self.xp)
 
     def on_device(self, frames: Any, function: Callable) -> Any:
@@ -218,7 +230,8 @@ class ConvertColor(_ImageOp):
                 return dst
             return _as_3d(cv2.cvtColor(f, code, dst=dst))
 
-        return self.on_host(frame, one)
+        # Bayer demosaicing reads neighbours: the only same-shape conversions not pixelwise
+        return self.on_host(frame, one, in_place="BAYER" not in self.code.upper())
 
 
 @register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
@@ -255,7 +268,7 @@ class Blur(_ImageOp):
             return _as_3d(cv2.GaussianBlur(f, (k, k), sigma, dst=dst,
                                            borderType=cv2.BORDER_REFLECT_101))
 
-        return self.on_host(frame, one)
+        return self.on_host(frame, one, in_place=True)  # OpenCV filters work in place
 
 
 @register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
