@@ -1,5 +1,5 @@
-"""Built-in image ops on streams: shot boundaries on a video with known cuts, and ops that write
-over their input leaving what others see of it unchanged. Both schedulers (``client``)."""
+"""Built-in image ops on streams: shot boundaries on a video with known cuts, and ops whose
+input others see too (shared, overlapping ranges and slices). Both schedulers (``client``)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_shot_boundaries_errors(local_client):
         shot_boundaries(np.zeros((5, 4)))
 
 
-def test_ops_writing_over_their_input_leave_others_unchanged(client, scenes):
+def test_ops_leave_their_input_as_others_see_it(client, scenes):
     frames = client.io.Input([sp.NamedVideoStream(client, "scenes", path=scenes)])
     blurred = client.ops.Blur(frame=frames, kernel_size=5, sigma=0)
     hsv = client.ops.ConvertColor(frame=frames, conversion=["hsv"])
@@ -135,3 +135,19 @@ def test_ops_writing_over_their_input_leave_others_unchanged(client, scenes):
     (soft,) = client.ops.Blur(frame=mem, kernel_size=3).compute()
     np.testing.assert_array_equal(data, scene_frames()[:10])
     np.testing.assert_array_equal(soft[4], cv2.GaussianBlur(data[4], (3, 3), 0))
+
+
+def test_ops_over_overlapping_ranges_and_slices(client, scenes):
+    # the engine hands both copies of a repeated range one array: an op writing over its input
+    # would blur the second copy twice
+    frames = client.io.Input([sp.NamedVideoStream(client, "scenes", path=scenes)])
+    (decoded,) = frames.compute()
+    twice = np.stack([cv2.GaussianBlur(f, (5, 5), 0) for f in decoded[:24]] * 2)
+    ranges = client.streams.Ranges(frames, [[(0, 24), (0, 24)]])
+    (got,) = client.ops.Blur(frame=ranges, kernel_size=5).compute()
+    np.testing.assert_array_equal(got, twice)
+    sliced = client.streams.Slice(frames, [client.partitioner.ranges([(0, 24), (0, 24)])])
+    (got,) = client.streams.Unslice(client.ops.Blur(frame=sliced, kernel_size=5)).compute()
+    np.testing.assert_array_equal(got, twice)
+    (hsv,) = client.ops.ConvertColor(frame=ranges, conversion=["hsv"]).compute()
+    np.testing.assert_array_equal(hsv[30], cv2.cvtColor(decoded[6], cv2.COLOR_RGB2HSV))

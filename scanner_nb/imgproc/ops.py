@@ -83,22 +83,16 @@ def _device_type(config: Any) -> DeviceType:
     return getattr(config, "device_type", None) or DeviceType.CPU
 
 
-def _per_frame(function: Callable, frames: Any, in_place: bool = False) -> Any:
-    """``function(frame, dst)`` for each frame, into one ``(m, H, W, C)`` array when the input
-    is one (OpenCV writes each result in place), else a list.
+def _per_frame(function: Callable, frames: Any) -> Any:
+    """``function(frame)`` for each frame, into one preallocated array when the input is an
+    ``(m, H, W, C)`` array (OpenCV writes each result in place), else a list.
 
-    With ``in_place``, results of the frames' shape and dtype are written over the frames
-    themselves: an op's input is its own (the engine copies an input that others also see), and
-    a new batch's first touch of fresh pages costs as much as a cheap OpenCV call.
-    """
+    Never over the input itself: the engine may hand one array to two tasks (overlapping
+    ``Ranges`` or slices, a stencil's neighbouring partitions)."""
     if not (isinstance(frames, np.ndarray) and frames.ndim == 4):
         return [None if f is None else function(f) for f in frames]
     first = function(frames[0])
-    if in_place and frames.flags.writeable and (first.shape, first.dtype) == (
-            frames.shape[1:], frames.dtype):
-        out = frames
-    else:
-        out = np.empty((len(frames), *first.shape), first.dtype)
+    out = np.empty((len(frames), *first.shape), first.dtype)
     out[0] = first
     for i in range(1, len(frames)):
         dst = out[i]
@@ -125,10 +119,10 @@ class _ImageOp(Kernel):
     def on_cpu(self) -> bool:
         return self.xp is np
 
-    def on_host(self, frames: Any, function: Callable, in_place: bool = False) -> Any:
+    def on_host(self, frames: Any, function: Callable) -> Any:
         """Run an OpenCV ``function`` per frame on the host and give the result back on the
-        op's device (the GPU path's fallback); ``in_place``: see :func:`_per_frame`."""
-        out = _per_frame(function, to_host(frames), in_place)
+        op's device (the GPU path's fallback)."""
+        out = _per_frame(function, to_host(frames))
         return out if self.on_cpu else to_device(out, self.xp)
 
     def on_device(self, frames: Any, function: Callable) -> Any:
@@ -230,8 +224,7 @@ class ConvertColor(_ImageOp):
                 return dst
             return _as_3d(cv2.cvtColor(f, code, dst=dst))
 
-        # Bayer demosaicing reads neighbours: the only same-shape conversions not pixelwise
-        return self.on_host(frame, one, in_place="BAYER" not in self.code.upper())
+        return self.on_host(frame, one)
 
 
 @register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
@@ -268,7 +261,7 @@ class Blur(_ImageOp):
             return _as_3d(cv2.GaussianBlur(f, (k, k), sigma, dst=dst,
                                            borderType=cv2.BORDER_REFLECT_101))
 
-        return self.on_host(frame, one, in_place=True)  # OpenCV filters work in place
+        return self.on_host(frame, one)
 
 
 @register_python_op(device_sets=_ANY_DEVICE, batch=_BATCH)
