@@ -107,9 +107,9 @@ def cases(sc, path: str, frames: np.ndarray, jpegs: list[bytes]):
         g = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (few[i], few[min(i + 1, len(few) - 1)])]
         return cv2.calcOpticalFlowFarneback(g[0], g[1], dst, 0.5, 3, 15, 3, 5, 1.2, 0)
 
-    def hist(f, dst):
-        return np.stack([cv2.calcHist([f], [c], None, [16], [0, 256]).ravel()
-                         for c in range(3)]).astype(np.int64)
+    def hist(f, dst):  # the op's method: one joint histogram, summed per channel
+        joint = cv2.calcHist([f], [0, 1, 2], None, [16] * 3, [0, 256] * 3).astype(np.int64)
+        return np.stack([joint.sum(axis=(1, 2)), joint.sum(axis=(0, 2)), joint.sum(axis=(0, 1))])
 
     def gray(f, dst):
         return cv2.cvtColor(f, cv2.COLOR_RGB2GRAY, dst=None if dst is None else dst[..., 0])[

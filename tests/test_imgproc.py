@@ -463,6 +463,19 @@ def test_histogram_kernel(frames):
     np.testing.assert_array_equal(out[1], histogram(frames[1], 8, np))
 
 
+@pytest.mark.parametrize("bins", [1, 7, 16, 32, 33, 256])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_histogram_kernel_counts_as_numpy(rng, bins, channels):
+    # three channels in up to 32 bins go through one joint histogram, others channel by channel
+    frames = rng.integers(0, 256, (2, 48, 64, channels), dtype=np.uint8)
+    frames[1, :20] = 255  # a full top bin
+    _, kernel = make_kernel("Histogram", bins=bins)
+    for got, frame in zip(kernel.execute(frames), frames):
+        assert got.shape == (channels, bins) and got.dtype == np.int64
+        np.testing.assert_array_equal(got, [np.histogram(frame[..., c], bins, (0, 256))[0]
+                                            for c in range(channels)])
+
+
 def test_frame_difference_kernel(frames):
     _, kernel = make_kernel("FrameDifference")
     np.testing.assert_array_equal(kernel.execute([[frames[0], frames[1]]])[0],
