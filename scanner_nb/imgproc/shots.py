@@ -20,7 +20,7 @@ Examples
 >>> import numpy as np
 >>> hists = np.zeros((30, 3, 4), np.int64)
 >>> hists[:, :, 0] = 100
->>> hists[12:, :, :] = [50, 50, 0, 0]       # a cut before frame 12
+>>> hists[12:, :, :] = [50, 50, 0, 0]       # frame 12 starts a new shot
 >>> shot_boundaries(hists)
 [12]
 """
@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ScannerTypeError, ScannerValueError
 from ..kernel import Kernel, register_python_op
+from ..stream import Stream
 from .arrays import _positive_int
 
 __all__ = ["shot_boundaries", "ShotBoundaries", "WINDOW", "THRESHOLD"]
@@ -103,8 +104,6 @@ def shot_boundaries(histograms: Any, window: int = WINDOW, threshold: float = TH
     --------
     >>> shots = shot_boundaries(sc.ops.Histogram(frame=frames))  # doctest: +SKIP
     """
-    from ..stream import Stream
-
     window, threshold = _check_rule(window, threshold)
     if isinstance(histograms, Stream):
         return [_boundaries(h, window, threshold) for h in histograms.compute()]
