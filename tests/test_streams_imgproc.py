@@ -1,5 +1,8 @@
 """Built-in image ops on streams: shot boundaries on a video with known cuts, and ops whose
-input others see too (shared, overlapping ranges and slices). Both schedulers (``client``)."""
+input others see too (shared, overlapping ranges and slices). Both schedulers (``client``).
+
+Named to run after ``test_indexing.py``, which expects the session's cluster to have indexed no
+other video."""
 
 from __future__ import annotations
 
