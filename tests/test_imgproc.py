@@ -418,6 +418,7 @@ def test_resize_kernel(frames):
 def test_convert_color_kernel(frames):
     import cv2
 
+    before = frames.copy()
     _, kernel = make_kernel("ConvertColor")
     kernel.new_stream(conversion="gray")
     gray = kernel.execute(frames)
@@ -432,6 +433,10 @@ def test_convert_color_kernel(frames):
     kernel.new_stream(conversion="COLOR_RGB2LAB")
     np.testing.assert_array_equal(kernel.execute(frames)[1],
                                   cv2.cvtColor(frames[1], cv2.COLOR_RGB2LAB))
+    kernel.new_stream(conversion="COLOR_RGB2YCrCb")  # OpenCV's mixed-case names
+    np.testing.assert_array_equal(kernel.execute(frames)[2],
+                                  cv2.cvtColor(frames[2], cv2.COLOR_RGB2YCrCb))
+    np.testing.assert_array_equal(frames, before)  # the kernel's input is left as it was
     with pytest.raises(ScannerValueError, match="COLOR_RGB2GRAY"):
         kernel.new_stream(conversion="COLOR_NOPE")
     with pytest.raises(ScannerValueError):
@@ -456,6 +461,19 @@ def test_histogram_kernel(frames):
     assert all(isinstance(h, np.ndarray) and h.shape == (3, 8) and h.dtype == np.int64
                for h in out)
     np.testing.assert_array_equal(out[1], histogram(frames[1], 8, np))
+
+
+@pytest.mark.parametrize("bins", [1, 7, 16, 32, 33, 256])
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_histogram_kernel_counts_as_numpy(rng, bins, channels):
+    # three channels in up to 32 bins go through one joint histogram, others channel by channel
+    frames = rng.integers(0, 256, (2, 48, 64, channels), dtype=np.uint8)
+    frames[1, :20] = 255  # a full top bin
+    _, kernel = make_kernel("Histogram", bins=bins)
+    for got, frame in zip(kernel.execute(frames), frames):
+        assert got.shape == (channels, bins) and got.dtype == np.int64
+        np.testing.assert_array_equal(got, [np.histogram(frame[..., c], bins, (0, 256))[0]
+                                            for c in range(channels)])
 
 
 def test_frame_difference_kernel(frames):

@@ -1,10 +1,11 @@
 """Built-in image ops, as in Scanner's scannertools: ``import scanner_nb.imgproc`` registers
 ``Resize``, ``ConvertColor``, ``Blur``, ``Histogram``, ``FrameDifference``, ``OpticalFlow``,
-``Montage``, ``ImageDecoder`` and ``ImageEncoder``.
+``Montage``, ``ShotBoundaries``, ``ImageDecoder`` and ``ImageEncoder``.
 
 - :mod:`.arrays`: the image functions on numpy or CuPy arrays (the GPU paths, and the reference).
 - :mod:`.ops`: the ops: OpenCV on the CPU, :mod:`.arrays` on a GPU.
 - :mod:`.images`: image files in and out (``ImageDecoder``, ``ImageEncoder``).
+- :mod:`.shots`: scannertools' shot detection (``shot_boundaries``, ``ShotBoundaries``).
 
 The examples of the image functions are in :mod:`.arrays`.
 """
@@ -30,6 +31,7 @@ from .ops import (
     Resize,
     conversion_code,
 )
+from .shots import ShotBoundaries, shot_boundaries
 
 __all__ = [
     "resize",
@@ -52,4 +54,6 @@ __all__ = [
     "Montage",
     "ImageDecoder",
     "ImageEncoder",
+    "ShotBoundaries",
+    "shot_boundaries",
 ]

@@ -15,11 +15,12 @@ Conventions (each function's docstring says more):
   them, so cv2 may differ by 1 on a few pixels); ``bgr`` swaps channels.
 - ``blur`` is ``cv2.GaussianBlur`` with ``BORDER_REFLECT_101`` (``d c b | a b c d | c b a``).
 
-Cost per 1280×720 RGB frame of these numpy paths on one AMD EPYC core, in batches of 16 (OpenCV 5, one
-thread, for scale): resize to 640×360 2.7 ms (0.23), to 1920×1080 25 ms (2.5); gray 1.4 ms
-(0.18); hsv 8 ms (0.7); bgr 0.9 ms (0.12); blur k=5 9.4 ms (0.95), k=21 26 ms (4.1);
-histogram 3.9 ms (0.7); frame_difference 0.75 ms (0.16). On the CPU, batches are processed a
-few frames at a time, so float32 temporaries stay near 16 MB whatever the batch size.
+Cost per 1280×720 RGB frame of these numpy paths on one AMD EPYC core, in batches of 16
+(OpenCV 5, one thread, for scale): resize to 640×360 2.7 ms (0.23), to 1920×1080 25 ms (2.5);
+gray 1.4 ms (0.18); hsv 8 ms (0.7); bgr 0.9 ms (0.12); blur k=5 9.4 ms (0.95), k=21 26 ms
+(4.1); histogram 3.9 ms (0.7); frame_difference 0.75 ms (0.16). On the CPU, batches are
+processed a few frames at a time, so float32 temporaries stay near 16 MB whatever the batch
+size.
 
 Examples
 --------
