@@ -46,7 +46,7 @@ def test_a_cluster_indexes_the_inputs_on_its_workers(cluster, clips, tmp_path):
         assert [v.index.keyframes.tolist()[:3] for v in videos] == [[0, 8, 16]] * 6
         # the workers demuxed them (each keeps the full indexes it made) ...
         on_workers = set().union(*dclient.run(_indexed_here).values())
-        assert on_workers == set(clips)
+        assert set(clips) <= on_workers
         # ... and cached them in the database, where a worker without them finds them
         cache = os.path.join(str(tmp_path / "db"), ".video-index")
         assert sorted(os.listdir(cache)) == sorted(
