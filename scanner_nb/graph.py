@@ -183,7 +183,7 @@ def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, sessio
             _source_tasks(node, name, plan, tasks, layers, deps, dependencies,
                           in_place and id(node) in roots, pieces_of)
         elif isinstance(node, OpNode):
-            shared = any(plans[ref.node].shared for ref in node.inputs)
+            shared = plan.shared
             _op_tasks(node, name, plan, tasks, layers, deps, dependencies, pieces, session,
                       instance_key(node), work_packet, workers, shared)
         else:

@@ -328,9 +328,11 @@ class StreamPlan:
 class NodePlan:
     """The analysis of one node: a :class:`StreamPlan` per stream that has needed rows.
 
-    ``shared``: whether what this node outputs reaches more than one consumer (other ops, the
-    result), through stream operations that pass elements on; an op then hands its kernel a
-    copy, so a kernel writing into its input changes nothing anybody else sees.
+    ``shared`` (op nodes): whether a partition this op reads is read by another task too
+    (another op, a neighbour's stencil, an overlapping range, the result), followed through
+    stream operations that pass elements on; the op then hands its kernel a copy where its
+    input would be that partition's own array, so a kernel writing into its input changes
+    nothing anybody else sees.
     """
 
     node: Node
@@ -399,26 +401,49 @@ def analyze(requests: Sequence[tuple[Ref, dict[int, np.ndarray]]],
             else:
                 streams[s] = _plan_sample(node, s, rows, plans, size)
         plans[node] = NodePlan(node, streams)
-    _mark_shared(order, plans, [ref.node for ref, _ in requests])
+    _mark_shared(order, plans, [ref for ref, _ in requests])
     return plans
 
 
-def _mark_shared(order: list[Node], plans: dict[Node, NodePlan], roots: list[Node]) -> None:
-    """Set ``NodePlan.shared`` where a node's elements reach more than one consumer."""
-    owner: dict[int, Node] = {}
-    for node in order:  # a stream operation passes its input's elements on
-        owner[id(node)] = owner[id(node.inputs[0].node)] if isinstance(node, SampleNode) else node
-    uses: dict[int, int] = {}
+def _mark_shared(order: list[Node], plans: dict[Node, NodePlan], roots: list[Ref]) -> None:
+    """Set ``NodePlan.shared`` on each op whose input partitions reach another task too.
+
+    A partition is followed through stream operations (which pass its elements on) to the
+    partition that holds them; it is shared when more than one task reads it: two ops, two
+    tasks of one op (a stencil's neighbours, overlapping ``Ranges`` or slices), or an op and
+    the result asked for.
+    """
+    held: dict[tuple, list[tuple]] = {}
+
+    def holders(ref: Ref, stream: int, part: int) -> list[tuple]:
+        key = (id(ref.node), ref.output, stream, part)
+        if key not in held:
+            node = ref.node
+            held[key] = ([h for piece in plans[node].streams[stream].pieces[part][0]
+                          for h in holders(node.inputs[0], piece.stream, piece.part)]
+                         if isinstance(node, SampleNode) else [key])
+        return held[key]
+
+    reads: dict[tuple, int] = {}
+    read_by: dict[Node, set] = {}
     for node in order:
-        if isinstance(node, OpNode):
-            for ref in node.inputs:
-                o = owner[id(ref.node)]
-                uses[id(o)] = uses.get(id(o), 0) + 1
+        if not isinstance(node, OpNode):
+            continue
+        mine = read_by.setdefault(node, set())
+        for sp in plans[node].streams.values():
+            for task in sp.pieces:
+                for ref, input_pieces in zip(node.inputs, task):
+                    for piece in input_pieces:
+                        for h in holders(ref, piece.stream, piece.part):
+                            reads[h] = reads.get(h, 0) + 1
+                            mine.add(h)
     for root in roots:
-        o = owner[id(root)]
-        uses[id(o)] = uses.get(id(o), 0) + 1
-    for node in order:
-        plans[node].shared = uses.get(id(owner[id(node)]), 0) > 1
+        for s, sp in plans[root.node].streams.items():
+            for p in range(len(sp.parts)):
+                for h in holders(root, s, p):
+                    reads[h] = reads.get(h, 0) + 1
+    for node, mine in read_by.items():
+        plans[node].shared = any(reads[h] > 1 for h in mine)
 
 
 def _union(arrays: list[np.ndarray]) -> np.ndarray:

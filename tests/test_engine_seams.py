@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Sequence
 
 import dask
 import numpy as np
@@ -206,6 +206,44 @@ def test_a_kernel_writing_into_its_input_changes_nothing_else(client):
     assert got_means == [[float(i) for i in range(10)]]  # the other consumer
     assert np.array_equal(got_source[0], original)
     assert (got_scribbled[0] == 7).all()
+
+
+@sp.register_python_op()
+def seam_add_one(config, frame: sp.FrameType) -> sp.FrameType:
+    frame += 1  # writes into its input
+    return frame
+
+
+@sp.register_python_op(stencil=[0, 1])
+def seam_step(config, frame: Sequence[sp.FrameType]) -> Any:
+    current, following = frame
+    step = int(following[0, 0, 0]) - int(current[0, 0, 0])
+    current[...] = 0  # writes into its input, which the previous task's window holds too
+    return step
+
+
+@sp.register_python_op(stencil=[0, 1])
+def seam_step_reference(config, frame: Sequence[sp.FrameType]) -> Any:
+    current, following = frame
+    return int(following[0, 0, 0]) - int(current[0, 0, 0])
+
+
+def test_a_kernel_writing_into_its_input_under_overlaps_and_stencils(client):
+    sc = on(client, partition_size=4)
+    data = frames(10)
+    source = sc.io.Input([sp.MemoryStream(data)])
+    twice = sc.streams.Ranges(source, [[(0, 6), (2, 9)]])
+    (got,) = sc.ops.seam_add_one(frame=twice).compute()
+    assert [int(f[0, 0, 0]) for f in got] == [i + 1 for i in [*range(6), *range(2, 9)]]
+    sliced = sc.streams.Slice(source, [sc.partitioner.ranges([(0, 5), (3, 10)])])
+    (got,) = sc.streams.Unslice(sc.ops.seam_add_one(frame=sliced)).compute()
+    assert [int(f[0, 0, 0]) for f in got] == [i + 1 for i in [*range(5), *range(3, 10)]]
+    (expected,) = sc.ops.seam_step_reference(frame=source).compute()
+    assert expected[:9] == [1] * 9
+    for _ in range(3):  # every window sees its frames as they were, whichever task runs first
+        assert sc.ops.seam_step(frame=source).compute() == [expected]
+    steps, again = dask.compute(sc.ops.seam_step(frame=source), source)
+    assert steps == [expected] and np.array_equal(again[0], data)
 
 
 def test_results_never_alias_the_users_array(local_client):

@@ -79,10 +79,20 @@ def _joined(ctx: OpContext, stream: int, window: Window, inputs: Sequence[Sequen
                 f"op {ctx.spec.name!r}, stream {stream}: its input partitions do not hold the "
                 f"rows the plan gave this task (missing rows {missing[:8].tolist()}); this is "
                 f"a bug in scanner_nb's plan")
-        if ctx.copy_inputs:  # others see this input too: the kernel gets its own copy
+        if ctx.copy_inputs and _aliases(batch, pieces):  # others see it too: a copy
             batch = _copied(batch)
         joined.append(batch)
     return joined
+
+
+def _aliases(batch: Batch, pieces: Sequence) -> bool:
+    """Whether ``batch`` (joined from ``pieces``) may hold an input partition's own memory:
+    one numpy array that is, or views, a piece's; lists of frames and device arrays may."""
+    elements = batch.elements
+    if not isinstance(elements, np.ndarray):
+        return True
+    return any(isinstance(b.elements, np.ndarray) and np.may_share_memory(elements, b.elements)
+               for b, _ in pieces)
 
 
 def _copied(batch: Batch) -> Batch:
