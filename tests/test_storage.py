@@ -455,7 +455,9 @@ def test_load_rows_reads_only_needed_chunks(db, clip_frames, chunk_reads):
     rows = [41, 5, 7, 7, 24, 47, 0]
     got = list(db.load("clip", rows=rows))
     assert min(psnr(g, clip_frames[r]) for g, r in zip(got, rows)) >= 38
-    assert chunk_reads == ["5.mp4", "0.mp4", "3.mp4", "5.mp4", "0.mp4"]
+    # the first chunk is read at once, the next ones side by side (in any order)
+    assert chunk_reads[0] == "5.mp4"
+    assert sorted(chunk_reads) == sorted(["5.mp4", "0.mp4", "3.mp4", "5.mp4", "0.mp4"])
     chunk_reads.clear()
     assert len(list(db.load("clip"))) == 48 and len(chunk_reads) == 6
     store(db, "nums", list(range(40)), "Any", chunk_rows=8)
