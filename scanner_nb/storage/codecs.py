@@ -334,7 +334,7 @@ def read_zarr(f, info: dict, chunk_rows: int) -> np.ndarray:
     if len(head) < _BLOSC_HEAD.size:
         raise ValueError(f"it holds {len(head)} bytes, {size} expected")
     flags, nbytes, cbytes = (_BLOSC_HEAD.unpack(head)[i] for i in (2, 4, 6))
-    if nbytes != view.nbytes or cbytes != size:
+    if nbytes != view.nbytes or cbytes != size or size > _BLOSC_HEAD.size + nbytes:
         raise ValueError(f"its Blosc header gives {nbytes} bytes compressed to {cbytes}, "
                          f"{view.nbytes} to {size} expected")
     algorithm, _, expected = info["checksum"].partition(":")
