@@ -296,20 +296,27 @@ def encode_zarr(stack: np.ndarray, k: int, length: int, chunk_rows: int,
     The bytes are what zarr-python writes for the array of :func:`zarr_metadata` (the chunk's
     C-order little-endian bytes, padded to whole chunk with the fill value 0, then Blosc),
     encoded straight with numcodecs: zarr's asyncio round trip costs 5x the time. A chunk
-    that LZ4 shrinks by less than :data:`_RAW_ABOVE` (noisy footage) is kept as Blosc's
+    that LZ4 shrinks by less than :data:`_RAW_ABOVE` (noisy footage; a whole chunk of 1 MiB or
+    more tries its first eighth first, as LZ4 is at its slowest on noise) is kept as Blosc's
     uncompressed frame (its header then the bytes, as ``clevel=0`` writes it, which every Blosc
     reader decodes): :func:`read_zarr` reads it straight into the array, at ``numpy.load``'s
     speed, where decompressing LZ4 (about 4.5 GB/s a core) would cost more than it saves.
     """
     from numcodecs import blosc
 
+    def lz4(part: np.ndarray) -> bytes:
+        return blosc.compress(part, b"lz4", 1, _shuffle(stack.dtype))
+
+    head = np.ascontiguousarray(stack[:-(-len(stack) // 8)])  # tells noise early
+    pays = (len(stack) < chunk_rows or stack.nbytes < 2**20  # a padded chunk: its zeros pay
+            or len(lz4(head)) <= _RAW_ABOVE * head.nbytes)
     if len(stack) < chunk_rows:
         padded = np.zeros((chunk_rows, *stack.shape[1:]), dtype=stack.dtype)
         padded[:len(stack)] = stack
         stack = padded
     stack = np.ascontiguousarray(stack)
-    data = blosc.compress(stack, b"lz4", 1, _shuffle(stack.dtype))
-    if len(data) > _RAW_ABOVE * stack.nbytes:
+    data = lz4(stack) if pays else b""
+    if not pays or len(data) > _RAW_ABOVE * stack.nbytes:
         data = blosc.compress(stack, b"lz4", 0, blosc.NOSHUFFLE)
     return chunk_key("zarr", k, ARRAY_NAME.get(type_name, "elements"), stack.ndim), data
 
