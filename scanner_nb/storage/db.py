@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import io
 import itertools
 import os
 import secrets
@@ -370,18 +369,11 @@ class Database:
             f"open it with sp.Client(..., trust_pickle=True)")
 
     def _read_file(self, name: str, manifest: dict, path: str, where: str, read=None):
-        """The bytes of ``path``, or ``read(f)`` of it opened as a binary file (unbuffered on
-        a local disk)."""
-        local = fs_.is_local(self.fs)
-        if local and not os.path.realpath(path).startswith(
+        if fs_.is_local(self.fs) and not os.path.realpath(path).startswith(
                 os.path.realpath(self._stream_dir(name)) + os.sep):
             raise StorageError(f"{where} is a link out of the stream's folder: {path}")
         try:
-            if read is None:
-                return fs_.read_file(self.fs, path)
-            with (open(path, "rb", buffering=0) if local
-                  else io.BytesIO(fs_.read_file(self.fs, path))) as f:
-                return read(f)
+            return fs_.read_file(self.fs, path, read)
         except FileNotFoundError:
             try:
                 now = self.manifest(name)

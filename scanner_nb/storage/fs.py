@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import os
 import secrets
@@ -93,12 +94,17 @@ def write_error(what: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot write {what}: {why}; nothing of it is committed")
 
 
-def read_file(fs, path: str) -> bytes:
-    """All bytes of one file."""
-    if is_local(fs):
-        with open(path, "rb") as f:
-            return f.read()
-    return fs.cat_file(path)
+def read_file(fs, path: str, read=None):
+    """All bytes of one file, or ``read(f)`` of it opened as a binary file (unbuffered on a
+    local disk, so ``f.readinto`` fills the caller's buffer straight from the page cache; its
+    bytes in memory elsewhere: one GET on an object store)."""
+    if read is None:
+        if is_local(fs):
+            with open(path, "rb") as f:
+                return f.read()
+        return fs.cat_file(path)
+    with open(path, "rb", buffering=0) if is_local(fs) else io.BytesIO(fs.cat_file(path)) as f:
+        return read(f)
 
 
 def write_file(fs, path: str, data) -> None:
