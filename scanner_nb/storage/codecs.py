@@ -79,7 +79,8 @@ _CODECS = {"h264": "libx264", "libx264": "libx264", "hevc": "libx265", "h265": "
 _ELEMENTS_MAGIC = b"SNBELEM2"
 _NULL, _PLAIN, _SERIALIZED, _PICKLE = 0, 1, 2, 3
 _BLOSC_MAX_BYTES = 2**31 - 2**16
-_BLOSC_HEAD = struct.Struct("<BBBBIII")  # version, versionlz, flags, typesize, nbytes, blocksize, cbytes
+# A Blosc frame's header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes.
+_BLOSC_HEAD = struct.Struct("<BBBBIII")
 _BLOSC_MEMCPYED = 0x2  # the flag of a frame holding its bytes uncompressed
 #: A Zarr chunk whose LZ4 bytes are more than this share of its own is stored uncompressed.
 _RAW_ABOVE = 0.75
