@@ -439,22 +439,24 @@ class Database:
 
     def _read_ahead(self, name: str, manifest: dict, ks) -> Iterator:
         """The elements of chunks ``ks`` in order. Once the caller has gone past the first
-        chunk (so a caller taking a few rows reads one chunk), the next chunks are read,
-        verified and decoded in background threads while the caller uses the current one
-        (decoders and checksums release the GIL; Blosc decodes on one core outside the main
-        thread, so chunks side by side are what use several): as many as there are cores, up
-        to 4, with at most :data:`_AHEAD_BYTES` of decoded chunks in flight. Errors surface at
-        the chunk they belong to."""
+        chunk (so a caller taking a few rows reads one chunk), the next chunk is read,
+        verified and decoded in a background thread while the caller uses the current one
+        (decoders and checksums release the GIL). A Zarr stream's next chunks are read side
+        by side, as many as there are cores (up to 4, at most :data:`_AHEAD_BYTES` of decoded
+        chunks in flight): Blosc decodes on one core outside the main thread. Errors surface
+        at the chunk they belong to."""
         ks = list(ks)
         if not ks:
             return
         yield self._read_chunk(name, manifest, ks[0])[0]
         if len(ks) == 1:
             return
-        chunk_bytes = max(manifest["chunk_rows"] * int(np.prod(i["shape"])) *
-                          np.dtype(i["dtype"]).itemsize if i["shape"] is not None
-                          else i["nbytes"] for i in manifest["chunks"])
-        depth = max(1, min(4, os.cpu_count() or 1, _AHEAD_BYTES // max(1, chunk_bytes)))
+        depth = 1  # video decoders use threads of their own, plain data holds the GIL
+        if manifest["layout"] == "zarr":
+            frame = manifest["frame"]
+            chunk_bytes = (manifest["chunk_rows"] * int(np.prod(frame["shape"]))
+                           * np.dtype(frame["dtype"]).itemsize)
+            depth = max(1, min(4, os.cpu_count() or 1, _AHEAD_BYTES // chunk_bytes))
         with concurrent.futures.ThreadPoolExecutor(depth,
                                                    thread_name_prefix="scanner_nb-load") as pool:
             futures = collections.deque(pool.submit(self._read_chunk, name, manifest, k)
