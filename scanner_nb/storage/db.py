@@ -442,9 +442,9 @@ class Database:
         chunk (so a caller taking a few rows reads one chunk), the next chunk is read,
         verified and decoded in a background thread while the caller uses the current one
         (decoders and checksums release the GIL). A Zarr stream's next chunks are read side
-        by side, as many as there are cores (up to 4, at most :data:`_AHEAD_BYTES` of decoded
-        chunks in flight): Blosc decodes on one core outside the main thread. Errors surface
-        at the chunk they belong to."""
+        by side, one per core but the caller's (up to 4, at most :data:`_AHEAD_BYTES` of
+        decoded chunks in flight): Blosc decodes on one core outside the main thread. Errors
+        surface at the chunk they belong to."""
         ks = list(ks)
         if not ks:
             return
@@ -456,7 +456,7 @@ class Database:
             frame = manifest["frame"]
             chunk_bytes = (manifest["chunk_rows"] * int(np.prod(frame["shape"]))
                            * np.dtype(frame["dtype"]).itemsize)
-            depth = max(1, min(4, os.cpu_count() or 1, _AHEAD_BYTES // chunk_bytes))
+            depth = max(1, min(4, (os.cpu_count() or 1) - 1, _AHEAD_BYTES // chunk_bytes))
         with concurrent.futures.ThreadPoolExecutor(depth,
                                                    thread_name_prefix="scanner_nb-load") as pool:
             futures = collections.deque(pool.submit(self._read_chunk, name, manifest, k)
