@@ -85,11 +85,11 @@ def chunk_reads(monkeypatch):
     read = []
     real_file = storage_fs.read_file
 
-    def read_file(fs, path):
+    def read_file(fs, path, reader=None):
         if not path.endswith((MANIFEST, "lock.json")):
             read.append(path.rsplit("/", 1)[-1] if "/c/" not in path else
                         path[path.index("/c/") + 3:])
-        return real_file(fs, path)
+        return real_file(fs, path, reader)
 
     monkeypatch.setattr(storage_fs, "read_file", read_file)
     return read

@@ -14,7 +14,9 @@ import os
 import pathlib
 import pickle
 import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -42,6 +44,7 @@ from scanner_nb.storage import fs as storage_fs
 from scanner_nb.types import Batch
 
 LOSSLESS = {"encoding": "zarr"}
+DATA = pathlib.Path(__file__).parent / "data"
 
 # ------------------------------------------------------------------------------- helpers
 
@@ -315,6 +318,73 @@ def test_numeric_arrays_of_type_any_are_a_zarr_array(db):
     assert np.array_equal(ds["elements"].values, np.stack(hist))
 
 
+def blosc_header(db, name, k):
+    """(flags, uncompressed bytes, file bytes) of Zarr chunk ``k`` of stream ``name``."""
+    array = "frames" if db.manifest(name)["type"] == "FrameType" else "elements"
+    ndim = 1 + len(db.manifest(name)["frame"]["shape"])
+    path = pathlib.Path(version_path(db, name), array, "c", str(k), *["0"] * (ndim - 1))
+    data = path.read_bytes()
+    _, _, flags, _, nbytes, _, cbytes = struct.unpack("<BBBBIII", data[:16])
+    assert cbytes == len(data)
+    return flags, nbytes, cbytes
+
+
+def test_lossless_chunks_are_lz4_where_it_pays_and_raw_where_it_does_not(db, clip_frames):
+    """Natural frames compress (LZ4); noisy ones are Blosc's uncompressed frame (flag 0x2),
+    read straight into the array; wide integers are byte-shuffled (flag 0x1). All load exact."""
+    store(db, "clip", clip_frames, "FrameType", chunk_rows=20, storage=LOSSLESS)
+    noise = np.random.default_rng(3).integers(0, 256, clip_frames.shape, dtype=np.uint8)
+    store(db, "noisy", noise, "FrameType", chunk_rows=20, storage=LOSSLESS)
+    counts = [np.arange(300, dtype=np.int64) * i for i in range(50)]
+    store(db, "counts", counts, "Any", chunk_rows=20)
+    for k in range(3):  # the last chunk is padded with zeros to 20 rows: it compresses
+        flags, nbytes, cbytes = blosc_header(db, "clip", k)
+        assert not flags & 0x2 and cbytes < 0.75 * nbytes
+        flags, nbytes, cbytes = blosc_header(db, "noisy", k)
+        assert (flags & 0x2 and cbytes == nbytes + 16) if k < 2 else cbytes < nbytes / 2
+        flags, nbytes, cbytes = blosc_header(db, "counts", k)
+        assert flags & 0x1 and not flags & 0x2 and cbytes < nbytes / 4
+    for name, data in (("clip", clip_frames), ("noisy", noise), ("counts", np.stack(counts))):
+        back = list(db.load(name))
+        assert np.array_equal(np.stack(back), data) and back[0].dtype == data.dtype
+        assert np.array_equal(np.stack(list(db.load(name, rows=[47, 3, 20]))), data[[47, 3, 20]])
+        assert np.array_equal(db.read_chunk(name, 2).elements, data[40:])
+    zarr = pytest.importorskip("zarr")
+    for name, data in (("clip", clip_frames), ("noisy", noise)):
+        assert np.array_equal(zarr.open(db.zarr_path(name), mode="r")["frames"][:], data)
+    meta = json.loads(pathlib.Path(version_path(db, "counts"), "zarr.json").read_text())
+    codec = meta["consolidated_metadata"]["metadata"]["elements"]["codecs"][-1]
+    assert codec["name"] == "blosc" and codec["configuration"]["shuffle"] == "shuffle"
+
+
+def test_streams_stored_before_raw_and_shuffled_chunks_still_load(tmp_path):
+    """tests/data/stored-v1 was written by scanner_nb before lossless chunks could be stored
+    raw or shuffled (every chunk Blosc LZ4 without shuffle): lossless frames (10 of 16x24,
+    chunks of 4) and int64 rows of type Any (70 of 3, chunks of 32), made by::
+
+        y, x = np.mgrid[0:16, 0:24] // 4
+        frames = np.stack([np.stack([(y * 20 + i) % 256, (x * 9 + i) % 256,
+                                     (y + x) * 7 % 256], -1) for i in range(10)]).astype(np.uint8)
+        counts = np.arange(70 * 3, dtype=np.int64).reshape(70, 3) // 5 * 1000
+    """
+    shutil.copytree(DATA / "stored-v1", tmp_path / "db")
+    db = Database(str(tmp_path / "db"))
+    y, x = np.mgrid[0:16, 0:24] // 4
+    frames = np.stack([np.stack([(y * 20 + i) % 256, (x * 9 + i) % 256, (y + x) * 7 % 256], -1)
+                       for i in range(10)]).astype(np.uint8)
+    counts = np.arange(70 * 3, dtype=np.int64).reshape(70, 3) // 5 * 1000
+    assert db.names() == ["counts", "frames"]
+    for name, data in (("frames", frames), ("counts", counts)):
+        assert db.manifest(name)["layout"] == "zarr"
+        flags, nbytes, cbytes = blosc_header(db, name, 0)
+        assert not flags & 0x3 and cbytes < nbytes  # LZ4, no shuffle: the old chunks
+        back = list(db.load(name))
+        assert np.array_equal(np.stack(back), data) and back[0].dtype == data.dtype
+        assert np.array_equal(np.stack(list(db.load(name, rows=[9, 0, 8]))), data[[9, 0, 8]])
+    zarr = pytest.importorskip("zarr")
+    assert np.array_equal(zarr.open(db.zarr_path("frames"), mode="r")["frames"][:], frames)
+
+
 def test_frames_from_a_list_mixed_shapes_and_nulls(db, frames):
     store(db, "listed", list(frames[:10]), "FrameType", chunk_rows=4, storage=LOSSLESS)
     assert db.manifest("listed")["layout"] == "zarr"
@@ -441,10 +511,10 @@ def chunk_reads(monkeypatch):
     reads = []
     read_file = storage_fs.read_file
 
-    def counting(fs, path):
+    def counting(fs, path, read=None):
         if not path.endswith(("manifest.json", "lock.json")):
             reads.append(path.rsplit("/", 1)[-1])
-        return read_file(fs, path)
+        return read_file(fs, path, read)
 
     monkeypatch.setattr(storage_fs, "read_file", counting)
     return reads
@@ -470,6 +540,27 @@ def test_load_rows_frames_are_independent_copies(db, frames):
     assert frame.base is None or frame.base.size == frame.size
     frame[:] = 0
     assert np.array_equal(next(db.load("clip", rows=[3])), frames[3])
+
+
+@pytest.mark.parametrize("cores", [2, 8])  # the next chunk only; 4 side by side
+def test_a_zarr_streams_chunks_read_side_by_side_come_in_order(db, monkeypatch, cores):
+    """Zarr chunks are read a few at once: rows still come in order, an early stop is fine,
+    and a damaged chunk raises only once the rows before it have come."""
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    data = np.arange(185 * 4, dtype=np.int32).reshape(185, 4)
+    store(db, "many", list(data), "Any", chunk_rows=5)  # 37 chunks
+    assert np.array_equal(np.stack(list(db.load("many"))), data)
+    rows = np.random.default_rng(5).permutation(185)[:60].tolist()
+    assert np.array_equal(np.stack(list(db.load("many", rows=rows))), data[rows])
+    iterator = db.load("many")
+    assert np.array_equal(np.stack([next(iterator) for _ in range(12)]), data[:12])
+    iterator.close()
+    path = pathlib.Path(version_path(db, "many"), "elements", "c", "20", "0")
+    path.write_bytes(path.read_bytes()[:-1] + b"!")
+    got = []
+    with pytest.raises(StorageError, match=r"chunk 20 \(rows 100 to 104\).*corrupt"):
+        got.extend(db.load("many"))
+    assert np.array_equal(np.stack(got), data[:100])
 
 
 def test_load_rows_outside_raise_at_call(db, chunk_reads):
@@ -601,16 +692,26 @@ def test_a_load_never_continues_into_a_newer_version(db):
 # ------------------------------------------------------------------------------- checksums
 
 
-def test_a_flipped_byte_in_a_chunk_is_found(db, frames):
-    store(db, "clip", frames[:20], "FrameType", chunk_rows=8, storage=LOSSLESS)
-    path = os.path.join(version_path(db, "clip"), "frames", "c", "1", "0", "0", "0")
-    data = bytearray(pathlib.Path(path).read_bytes())
-    data[len(data) // 2] ^= 0x01
-    pathlib.Path(path).write_bytes(bytes(data))
-    with pytest.raises(StorageError, match=r"chunk 1 \(rows 8 to 15\) of stream 'clip' is "
-                                           r"corrupt.*checksum"):
+@pytest.mark.parametrize("kind", ["raw", "lz4"])
+@pytest.mark.parametrize("damage, why", [
+    (lambda data: data.__setitem__(len(data) // 2, data[len(data) // 2] ^ 0x01), "checksum"),
+    (lambda data: data.__setitem__(2, data[2] ^ 0x02), "checksum"),  # raw <-> compressed flag
+    (lambda data: data.__delitem__(slice(len(data) - 5, None)), "size"),
+    (lambda data: data.extend(b"12345"), "size"),
+    (lambda data: data.__delitem__(slice(10, None)), "bytes"),
+])
+def test_a_flipped_byte_in_a_chunk_is_found(db, frames, clip_frames, kind, damage, why):
+    data = frames[:20] if kind == "raw" else clip_frames[:20]
+    store(db, "clip", data, "FrameType", chunk_rows=8, storage=LOSSLESS)
+    assert bool(blosc_header(db, "clip", 1)[0] & 0x2) == (kind == "raw")
+    path = pathlib.Path(version_path(db, "clip"), "frames", "c", "1", "0", "0", "0")
+    changed = bytearray(path.read_bytes())
+    damage(changed)
+    path.write_bytes(bytes(changed))
+    with pytest.raises(StorageError, match=rf"chunk 1 \(rows 8 to 15\) of stream 'clip' is "
+                                           rf"corrupt.*{why}"):
         list(db.load("clip"))
-    assert np.array_equal(next(db.load("clip", rows=[3])), frames[3])  # chunk 0 is fine
+    assert np.array_equal(next(db.load("clip", rows=[3])), data[3])  # chunk 0 is fine
 
 
 def test_swapped_chunk_files_are_found(db):

@@ -11,8 +11,10 @@ Three encodings, chosen per chunk by :func:`choose_encoding`:
     file's size (``bench/bench_storage.py``).
 ``zarr``
     numeric arrays of one shape and dtype, bit-exact: chunk ``k`` of an array
-    ``(length, *shape)`` whose chunks are the partitions (Zarr format 3, Blosc LZ4, metadata
-    made by zarr-python), so the version folder is a Zarr group that zarr, dask and xarray open.
+    ``(length, *shape)`` whose chunks are the partitions (Zarr format 3, Blosc LZ4 with byte
+    shuffle for items of several bytes, or Blosc's uncompressed frame where LZ4 saves under a
+    quarter; metadata made by zarr-python), so the version folder is a Zarr group that zarr,
+    dask and xarray open.
 ``elements``
     anything else, one row after another: ``SNBELEM2``, the row count, one kind byte and one
     int64 length per row, then the payloads. Kinds: null; *plain* data (None, bool, int, float,
@@ -53,11 +55,11 @@ __all__ = [
     "decode_elements",
     "decode_plain",
     "decode_video",
-    "decode_zarr",
     "encode_elements",
     "encode_plain",
     "encode_video",
     "encode_zarr",
+    "read_zarr",
     "verify",
     "video_options",
     "zarr_metadata",
@@ -77,6 +79,11 @@ _CODECS = {"h264": "libx264", "libx264": "libx264", "hevc": "libx265", "h265": "
 _ELEMENTS_MAGIC = b"SNBELEM2"
 _NULL, _PLAIN, _SERIALIZED, _PICKLE = 0, 1, 2, 3
 _BLOSC_MAX_BYTES = 2**31 - 2**16
+# A Blosc frame's header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes.
+_BLOSC_HEAD = struct.Struct("<BBBBIII")
+_BLOSC_MEMCPYED = 0x2  # the flag of a frame holding its bytes uncompressed
+#: A Zarr chunk whose LZ4 bytes are more than this share of its own is stored uncompressed.
+_RAW_ABOVE = 0.75
 ARRAY_NAME = {"FrameType": "frames"}  # the Zarr array's name in the group; others "elements"
 
 
@@ -253,7 +260,9 @@ def _store(length: int, chunk_rows: int, shape: tuple, dtype: str, type_name: st
     array = group.create_array(
         ARRAY_NAME.get(type_name, "elements"), shape=(length, *shape),
         chunks=(chunk_rows, *shape), dtype=np.dtype(dtype),
-        compressors=BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"), fill_value=0,
+        compressors=BloscCodec(cname="lz4", clevel=1,
+                               shuffle=("noshuffle", "shuffle")[_shuffle(dtype)]),
+        fill_value=0,
         dimension_names=_dimension_names(type_name, 1 + len(shape)),
         attributes=attributes or {}, config={"write_empty_chunks": True})
     return group, array, files
@@ -273,10 +282,12 @@ def zarr_metadata(length: int, chunk_rows: int, shape: tuple, dtype: str, type_n
     return out
 
 
-def _blosc():
+def _shuffle(dtype) -> int:
+    """Blosc's byte shuffle for items of several bytes (it groups their high bytes, which LZ4
+    then finds: 5x smaller int64 counters), none for bytes (a no-op there)."""
     import numcodecs
 
-    return numcodecs.Blosc(cname="lz4", clevel=1, shuffle=numcodecs.Blosc.NOSHUFFLE)
+    return numcodecs.Blosc.SHUFFLE if np.dtype(dtype).itemsize > 1 else numcodecs.Blosc.NOSHUFFLE
 
 
 def encode_zarr(stack: np.ndarray, k: int, length: int, chunk_rows: int,
@@ -285,25 +296,81 @@ def encode_zarr(stack: np.ndarray, k: int, length: int, chunk_rows: int,
 
     The bytes are what zarr-python writes for the array of :func:`zarr_metadata` (the chunk's
     C-order little-endian bytes, padded to whole chunk with the fill value 0, then Blosc),
-    encoded straight with numcodecs: zarr's asyncio round trip costs 5x the time.
+    encoded straight with numcodecs: zarr's asyncio round trip costs 5x the time. A chunk
+    that LZ4 shrinks by less than :data:`_RAW_ABOVE` (noisy footage; a whole chunk of 1 MiB or
+    more tries its first eighth first, as LZ4 is at its slowest on noise) is kept as Blosc's
+    uncompressed frame (its header then the bytes, as ``clevel=0`` writes it, which every Blosc
+    reader decodes): :func:`read_zarr` reads it straight into the array, at ``numpy.load``'s
+    speed, where decompressing LZ4 (about 4.5 GB/s a core) would cost more than it saves.
     """
+    from numcodecs import blosc
+
+    def lz4(part: np.ndarray) -> bytes:
+        return blosc.compress(part, b"lz4", 1, _shuffle(stack.dtype))
+
+    head = np.ascontiguousarray(stack[:-(-len(stack) // 8)])  # tells noise early
+    pays = (len(stack) < chunk_rows or stack.nbytes < 2**20  # a padded chunk: its zeros pay
+            or len(lz4(head)) <= _RAW_ABOVE * head.nbytes)
     if len(stack) < chunk_rows:
         padded = np.zeros((chunk_rows, *stack.shape[1:]), dtype=stack.dtype)
         padded[:len(stack)] = stack
         stack = padded
-    return chunk_key("zarr", k, ARRAY_NAME.get(type_name, "elements"), stack.ndim), \
-        _blosc().encode(stack)
+    stack = np.ascontiguousarray(stack)
+    data = lz4(stack) if pays else b""
+    if not pays or len(data) > _RAW_ABOVE * stack.nbytes:
+        data = blosc.compress(stack, b"lz4", 0, blosc.NOSHUFFLE)
+    return chunk_key("zarr", k, ARRAY_NAME.get(type_name, "elements"), stack.ndim), data
 
 
-def decode_zarr(data: bytes, k: int, rows: int, length: int, chunk_rows: int, shape: tuple,
-                dtype: str, type_name: str) -> np.ndarray:
-    """The ``(rows, *shape)`` array of Zarr chunk ``k`` from its bytes."""
-    out = np.empty((chunk_rows, *shape), dtype=np.dtype(dtype))
-    try:
-        _blosc().decode(data, out=out)
-    except Exception as exc:  # noqa: BLE001 - blosc raises several kinds
-        raise ValueError(f"it does not decode as a Zarr chunk: {exc}") from None
-    return out[:rows]
+def read_zarr(f, info: dict, chunk_rows: int) -> np.ndarray:
+    """The ``(chunk_rows, *info["shape"])`` array of a Zarr chunk read from the binary file
+    ``f``, checked against ``info["nbytes"]`` and ``info["checksum"]`` before it is returned
+    (``ValueError`` if it does not match or decode).
+
+    An uncompressed chunk (see :func:`encode_zarr`) is read straight into the array and
+    checksummed there, so loading it costs what ``numpy.load`` does plus the checksum; a
+    compressed one is read whole into a (huge-page backed) numpy buffer, checked, then
+    decompressed into the array. Older chunks (LZ4 without shuffle) decode the same way: Blosc
+    frames describe themselves.
+    """
+    from numcodecs import blosc
+
+    out = np.empty((chunk_rows, *info["shape"]), dtype=np.dtype(info["dtype"]))
+    view = memoryview(out).cast("B")
+    size = int(info["nbytes"])
+    head = f.read(_BLOSC_HEAD.size)
+    if len(head) < _BLOSC_HEAD.size:
+        raise ValueError(f"it holds {len(head)} bytes, {size} expected")
+    flags, nbytes, cbytes = (_BLOSC_HEAD.unpack(head)[i] for i in (2, 4, 6))
+    if nbytes != view.nbytes or cbytes != size or size > _BLOSC_HEAD.size + nbytes:
+        raise ValueError(f"its Blosc header gives {nbytes} bytes compressed to {cbytes}, "
+                         f"{view.nbytes} to {size} expected")
+    algorithm, _, expected = info["checksum"].partition(":")
+    hasher = hashlib.sha256() if algorithm == "sha256" else xxhash.xxh3_128()
+    raw = flags & _BLOSC_MEMCPYED and size == _BLOSC_HEAD.size + view.nbytes
+    body = view if raw else np.empty(size, np.uint8)
+    if not raw:
+        body[:_BLOSC_HEAD.size] = np.frombuffer(head, np.uint8)
+    target = memoryview(body)[0 if raw else _BLOSC_HEAD.size:]
+    got = 0
+    while got < target.nbytes:
+        n = f.readinto(target[got:])
+        if not n:
+            break
+        got += n
+    if got < target.nbytes or f.read(1):
+        raise ValueError(f"its size is not the {size} bytes of its manifest")
+    if raw:
+        hasher.update(head)
+    hasher.update(body)
+    if hasher.hexdigest() != expected:
+        raise ValueError("it does not match the checksum in its manifest")
+    if not raw:
+        try:
+            blosc.decompress(body, out)
+        except Exception as exc:  # noqa: BLE001 - blosc raises several kinds
+            raise ValueError(f"it does not decode as a Zarr chunk: {exc}") from None
+    return out
 
 
 # ---------------------------------------------------------------------------- plain data

@@ -19,6 +19,7 @@ with ``trust_pickle=True``.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import os
@@ -48,6 +49,9 @@ from .commit import (
 from .manifest import MANIFEST, RUN_RE, RUNS, read_manifest, read_manifests, read_raw, user_key
 
 __all__ = ["Database", "default_db_path", "validate_name"]
+
+#: Decoded bytes that ``load()`` reads ahead at most (a single chunk when larger).
+_AHEAD_BYTES = 256 * 2**20
 
 
 class Database:
@@ -352,6 +356,12 @@ class Database:
         array = codecs.ARRAY_NAME.get(manifest["type"], "elements")
         key = codecs.chunk_key(info["encoding"], k, array, 1 + len(info["shape"] or ()))
         path = fs_.join(self._version_dir(name, manifest), key)
+        if info["encoding"] == "zarr":  # read into its array, checked there (codecs.read_zarr)
+            try:
+                return self._read_file(name, manifest, path, where, lambda f: codecs.read_zarr(
+                    f, info, chunk_rows))[:n], None
+            except ValueError as exc:
+                raise StorageError(f"{where} is corrupt: {path}: {exc}") from None
         data = self._read_file(name, manifest, path, where)
         if not codecs.verify(data, info["checksum"]):
             raise StorageError(f"{where} is corrupt: {path} does not match the checksum in "
@@ -359,10 +369,6 @@ class Database:
         try:
             if info["encoding"] == "video":
                 return codecs.decode_video(data, tuple(info["shape"]), n), None
-            if info["encoding"] == "zarr":
-                return codecs.decode_zarr(data, k, n, manifest["length"], chunk_rows,
-                                          tuple(info["shape"]), info["dtype"],
-                                          manifest["type"]), None
             stream_type = lookup_type(manifest["type"])
             builtin = manifest["type"] in ("FrameType", "bytes", "Any")
             elements = codecs.decode_elements(
@@ -388,12 +394,12 @@ class Database:
             f"chosen by whoever wrote them, so they are not loaded. If you trust its author, "
             f"open it with sp.Client(..., trust_pickle=True)")
 
-    def _read_file(self, name: str, manifest: dict, path: str, where: str) -> bytes:
+    def _read_file(self, name: str, manifest: dict, path: str, where: str, read=None):
         if fs_.is_local(self.fs) and not os.path.realpath(path).startswith(
                 os.path.realpath(self._stream_dir(name)) + os.sep):
             raise StorageError(f"{where} is a link out of the stream's folder: {path}")
         try:
-            return fs_.read_file(self.fs, path)
+            return fs_.read_file(self.fs, path, read)
         except FileNotFoundError:
             try:
                 now = self.manifest(name)
@@ -461,20 +467,33 @@ class Database:
         """The elements of chunks ``ks`` in order. Once the caller has gone past the first
         chunk (so a caller taking a few rows reads one chunk), the next chunk is read,
         verified and decoded in a background thread while the caller uses the current one
-        (decoders and checksums release the GIL). Errors surface at the chunk they belong to."""
+        (decoders and checksums release the GIL). A Zarr stream's next chunks are read side
+        by side, one per core but the caller's (up to 4, at most :data:`_AHEAD_BYTES` of
+        decoded chunks in flight): Blosc decodes on one core outside the main thread. Errors
+        surface at the chunk they belong to."""
         ks = list(ks)
         if not ks:
             return
         yield self._read_chunk(name, manifest, ks[0])[0]
         if len(ks) == 1:
             return
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="scanner_nb-load") as pool:
-            future = pool.submit(self._read_chunk, name, manifest, ks[1])
-            for k in ks[2:] + [None]:
-                elements = future.result()[0]
-                if k is not None:
-                    future = pool.submit(self._read_chunk, name, manifest, k)
+        depth = 1  # video decoders use threads of their own, plain data holds the GIL
+        if manifest["layout"] == "zarr":
+            frame = manifest["frame"]
+            chunk_bytes = (manifest["chunk_rows"] * int(np.prod(frame["shape"]))
+                           * np.dtype(frame["dtype"]).itemsize)
+            depth = max(1, min(4, (os.cpu_count() or 1) - 1, _AHEAD_BYTES // chunk_bytes))
+        with concurrent.futures.ThreadPoolExecutor(depth,
+                                                   thread_name_prefix="scanner_nb-load") as pool:
+            futures = collections.deque(pool.submit(self._read_chunk, name, manifest, k)
+                                        for k in ks[1:1 + depth])
+            rest = iter(ks[1 + depth:])
+            while futures:
+                elements = futures.popleft().result()[0]
+                for k in itertools.islice(rest, 1):
+                    futures.append(pool.submit(self._read_chunk, name, manifest, k))
                 yield elements
+
 
 def _mtime(entry: dict) -> float:
     value = entry.get("mtime") or entry.get("created") or entry.get("LastModified") or 0

@@ -14,6 +14,7 @@ import concurrent.futures
 import errno
 import functools
 import inspect
+import io
 import json
 import os
 import secrets
@@ -146,12 +147,18 @@ def _one_request(cls) -> dict:
         getattr(cls, "_cat_file", cls.cat_file)).parameters else {}
 
 
-def read_file(fs, path: str) -> bytes:
-    """All bytes of one file (one request on an object store)."""
+def read_file(fs, path: str, read=None):
+    """All bytes of one file (one request on an object store), or ``read(f)`` of it opened as
+    a binary file (unbuffered on a local disk, so ``f.readinto`` fills the caller's buffer
+    straight from the page cache; its bytes in memory elsewhere)."""
     if is_local(fs):
-        with open(path, "rb") as f:
-            return f.read()
-    return fs.cat_file(path, **_one_request(type(fs)))
+        with open(path, "rb", buffering=0 if read is not None else -1) as f:
+            return f.read() if read is None else read(f)
+    data = fs.cat_file(path, **_one_request(type(fs)))
+    if read is None:
+        return data
+    with io.BytesIO(data) as f:
+        return read(f)
 
 
 def write_file(fs, path: str, data) -> None:
