@@ -191,6 +191,31 @@ class Partitioner:
         return _PartitionerSpec(f"gather({groups})", rows_of)
 
 
+#: Scanner's keyword names of each stream operation's per-stream arguments, in order: a
+#: stream's argument may be a dict of them (``Range(frames, [{"start": 0, "end": 100}])``).
+_KEYWORDS = {"Stride": ("stride",), "Range": ("start", "end"), "Ranges": ("intervals",),
+             "StridedRange": ("start", "end", "stride"), "Gather": ("rows",),
+             "RepeatNull": ("spacing",), "Repeat": ("spacing",)}
+
+
+def _positional(label: str, value: Any, stream: int) -> Any:
+    """A stream's argument given as Scanner's keyword dict, in its positional form.
+
+    Examples
+    --------
+    >>> _positional("Range", {"start": 0, "end": 10}, 0), _positional("Stride", 3, 0)
+    ((0, 10), 3)
+    """
+    if not isinstance(value, dict) or label not in _KEYWORDS:
+        return value
+    names = _KEYWORDS[label]
+    if set(value) != set(names):
+        raise ScannerTypeError(
+            f"sc.streams.{label} of stream {stream} takes keywords {list(names)}, got "
+            f"{sorted(value)}")
+    return value[names[0]] if len(names) == 1 else tuple(value[n] for n in names)
+
+
 def _stream_class():
     from .stream import Stream
 
@@ -211,7 +236,8 @@ class StreamOps:
 
         if not isinstance(stream, Stream):
             raise ScannerTypeError(f"sc.streams.{label} takes a Stream, got {type(stream).__name__}")
-        values = per_stream(args, stream, f"sc.streams.{label}")
+        values = [_positional(label, v, s)
+                  for s, v in enumerate(per_stream(args, stream, f"sc.streams.{label}"))]
         mapping = [(s, rows_for(s, v, n)) for s, (v, n) in enumerate(zip(values, stream.lengths))]
         node = SampleNode(stream._ref, label, repr(args), mapping, slices, keep_slices)
         return Stream(self._client, Ref(node))

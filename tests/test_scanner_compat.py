@@ -186,6 +186,15 @@ def test_03_sampling_with_scanner_keyword_names(client, video, decoded):
     assert indices(streams.Repeat(input=short, spacings=[2])) == [0, 0, 1, 1, 2, 2]
     assert indices(streams.RepeatNull(input=short, spacings=[2])) == [0, None, 1, None, 2, None]
     assert indices(streams.All(input=short)) == [0, 1, 2]
+    # a stream's argument as Scanner's keyword dict (scannerpy calls arg_builder(**arg))
+    assert indices(streams.Range(frames, [{"start": 3, "end": 6}])) == [3, 4, 5]
+    assert indices(streams.Stride(frames, [{"stride": 10}])) == [0, 10, 20]
+    assert indices(streams.StridedRange(frames, [{"start": 1, "end": 10, "stride": 4}])) == [
+        1, 5, 9]
+    assert indices(streams.Gather(frames, [{"rows": [2, 1]}])) == [2, 1]
+    assert indices(streams.Repeat(short, [{"spacing": 2}])) == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(sp.ScannerTypeError, match=r"keywords \['start', 'end'\]"):
+        streams.Range(frames, [{"begin": 3, "end": 6}])
 
 
 def test_04_slicing_with_partitions_and_state_at_the_call(client, video):

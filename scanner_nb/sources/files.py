@@ -258,7 +258,17 @@ def _write_partition(elements: list, paths: list[str], rows: list[int], suffix: 
         with fs.open(path + suffix, "wb") as f:
             f.write(element)
         written.append((path + suffix, path))
+        if suffix in _ABORTED:  # the run failed while this task wrote: take its files back
+            for temporary, _ in written:
+                with contextlib.suppress(OSError):
+                    fs.rm_file(temporary)
+            return []
     return written
+
+
+#: Suffixes of runs that failed in this process: a write task still running when its run
+#: failed removes what it wrote (the run's clean-up may have passed its files already).
+_ABORTED: set[str] = set()
 
 
 def write_files(client, outputs: list[FilesOutput], perf, cache_mode, show_progress: bool,
@@ -297,6 +307,7 @@ def write_files(client, outputs: list[FilesOutput], perf, cache_mode, show_progr
     try:
         written = client.compute_collections(tasks, progress=show_progress)
     except BaseException:
+        _ABORTED.add(suffix)  # before the clean-up: a task writing now removes its own files
         for _, _, target in jobs:
             fs = target.fs
             for p in target.paths:
