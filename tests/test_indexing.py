@@ -106,3 +106,19 @@ def test_a_light_index_of_a_changed_file_says_so(tmp_path):
     index_module._FULL.clear()  # a fresh process: the full index must be found again
     with pytest.raises(sp.VideoError, match="changed since it was indexed"):
         light.full()
+
+
+def test_a_damaged_or_foreign_cache_is_indexed_again(tmp_path):
+    path = make_video(str(tmp_path / "v.mp4"), n_frames=30, gop=10)
+    cache = str(tmp_path / "cache")
+    index = index_video(path, cache)
+    entry = index_cache_path(path, cache)
+    with open(entry, "rb") as f:
+        good = f.read()
+    for damaged in (good[:-3], good[:40], good + b"tail", b"PK\x03\x04 a zip", b"",
+                    good.replace(b'"arrays": [30', b'"arrays": [3000000')):
+        with open(entry, "wb") as f:
+            f.write(damaged)
+        assert index_video(path, cache) == index
+        with open(entry, "rb") as f:
+            assert f.read() == good  # written anew

@@ -8,12 +8,12 @@ a second open costs one ``stat`` and one read.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
 import posixpath
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -31,7 +31,7 @@ from ._av import AV_ERRORS, describe, open_container, video_track
 
 __all__ = ["VideoIndex", "index_video", "index_cache_path", "orient"]
 
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _log = get_logger("video")
 
 
@@ -403,7 +403,7 @@ def index_cache_path(path: str | os.PathLike, cache_dir: str | os.PathLike,
     digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()
     folder = location(cache_dir)
     join = posixpath.join if is_url(folder) else os.path.join
-    return join(folder, digest + ".vidx.npz")
+    return join(folder, digest + ".vidx")
 
 
 _META_FIELDS = ("width", "height", "fps", "codec", "stream_index", "rotation", "hflip",
@@ -415,11 +415,8 @@ def _load_cached_index(cache_file: str, abspath: str, st: os.stat_result, track:
     """The cached index, checked against the file's path, size and time; ``None`` if absent,
     stale or not a cache of ours (it is data: read without pickles, every field checked)."""
     try:
-        with np.load(io.BytesIO(read_bytes(cache_file, storage_options)),
-                     allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in ("pts", "keyframes", "keyframe_pos")}
-    except Exception:  # absent, partial (BadZipFile), foreign, unreachable: index again
+        meta, arrays = _decode_cache(read_bytes(cache_file, storage_options))
+    except Exception:  # absent, partial, foreign, unreachable: index again
         return None
     if (
         meta.get("version") != _CACHE_VERSION
@@ -443,13 +440,52 @@ def _save_cached_index(cache_file: str, index: VideoIndex, storage_options: dict
     meta = {k: getattr(index, k) for k in _META_FIELDS}
     meta.update(version=_CACHE_VERSION, path=index.path, size=index.size, track=index.track,
                 mtime_ns=index.mtime_ns, time_base=str(index.time_base))
-    data = io.BytesIO()
-    np.savez_compressed(data, meta=np.array(json.dumps(meta)), pts=index.pts,
-                        keyframes=index.keyframes, keyframe_pos=index.keyframe_pos)
+    data = _encode_cache(meta, {k: getattr(index, k) for k in _CACHE_ARRAYS})
     try:
-        write_bytes(cache_file, data.getvalue(), storage_options)
+        write_bytes(cache_file, data, storage_options)
     except (OSError, ScannerError) as exc:  # a cache that cannot be written only costs time
         _log.debug("cannot cache the index of %r in %r: %s", index.path, cache_file, exc)
+
+
+_CACHE_MAGIC = b"scanner_nb video index\n"
+_CACHE_ARRAYS = ("pts", "keyframes", "keyframe_pos")
+
+
+def _encode_cache(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """A cache file: a magic line, a JSON header (``meta`` and the arrays' lengths), then the
+    ``int64`` arrays, little-endian, as one zlib stream.
+
+    Examples
+    --------
+    >>> data = _encode_cache({"v": 1}, {"pts": np.arange(3), "keyframes": np.array([0]),
+    ...                                 "keyframe_pos": np.array([-1])})
+    >>> meta, arrays = _decode_cache(data)
+    >>> meta, arrays["pts"].tolist(), arrays["keyframe_pos"].tolist()
+    ({'v': 1}, [0, 1, 2], [-1])
+    """
+    header = json.dumps(dict(meta, arrays=[len(arrays[k]) for k in _CACHE_ARRAYS])).encode()
+    body = b"".join(np.asarray(arrays[k], dtype="<i8").tobytes() for k in _CACHE_ARRAYS)
+    return _CACHE_MAGIC + len(header).to_bytes(4, "little") + header + zlib.compress(body, 1)
+
+
+def _decode_cache(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(meta, arrays)`` of a cache file; ``ValueError`` for anything else (it is data from
+    outside: sizes are checked, nothing is decompressed past what the header declares)."""
+    start = len(_CACHE_MAGIC) + 4
+    if not data.startswith(_CACHE_MAGIC) or len(data) < start:
+        raise ValueError("not a video index cache")
+    end = start + int.from_bytes(data[start - 4:start], "little")
+    meta = json.loads(data[start:end])
+    counts = [int(n) for n in meta.pop("arrays")]
+    if len(counts) != len(_CACHE_ARRAYS) or min(counts) < 0:
+        raise ValueError("bad array lengths")
+    inflate = zlib.decompressobj()
+    body = inflate.decompress(data[end:], 8 * sum(counts))
+    if len(body) != 8 * sum(counts) or not inflate.eof or inflate.unconsumed_tail:
+        raise ValueError("the arrays do not match their lengths")
+    values = np.frombuffer(body, dtype="<i8").astype(np.int64)
+    bounds = np.cumsum([0, *counts])
+    return meta, {k: values[bounds[i]:bounds[i + 1]] for i, k in enumerate(_CACHE_ARRAYS)}
 
 
 def _video_options(path: str, storage_options: dict) -> dict:
