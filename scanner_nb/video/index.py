@@ -481,7 +481,8 @@ def _decode_cache(data: bytes) -> tuple[dict, dict[str, np.ndarray]]:
         raise ValueError("bad array lengths")
     inflate = zlib.decompressobj()
     body = inflate.decompress(data[end:], 8 * sum(counts))
-    if len(body) != 8 * sum(counts) or not inflate.eof or inflate.unconsumed_tail:
+    if (len(body) != 8 * sum(counts) or not inflate.eof or inflate.unconsumed_tail
+            or inflate.unused_data):
         raise ValueError("the arrays do not match their lengths")
     values = np.frombuffer(body, dtype="<i8").astype(np.int64)
     bounds = np.cumsum([0, *counts])
