@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import uuid
 from typing import Any, Sequence
 
@@ -242,7 +243,14 @@ class FilesOutput:
 
 def _write_partition(elements: list, paths: list[str], rows: list[int], suffix: str,
                      storage_options: dict | None) -> list[tuple[str, str]]:
-    """Write a partition's elements to temporary names beside their paths."""
+    """Write a partition's elements to temporary names beside their paths (nothing once its
+    run failed; see :class:`_Writes`)."""
+    with _WRITES.running(suffix) as wanted:
+        return _write_elements(elements, paths, rows, suffix, storage_options) if wanted else []
+
+
+def _write_elements(elements: list, paths: list[str], rows: list[int], suffix: str,
+                    storage_options: dict | None) -> list[tuple[str, str]]:
     from ..imgproc.images import encode_image
 
     fs, _ = _filesystem(paths[0], storage_options)
@@ -258,17 +266,41 @@ def _write_partition(elements: list, paths: list[str], rows: list[int], suffix: 
         with fs.open(path + suffix, "wb") as f:
             f.write(element)
         written.append((path + suffix, path))
-        if suffix in _ABORTED:  # the run failed while this task wrote: take its files back
-            for temporary, _ in written:
-                with contextlib.suppress(OSError):
-                    fs.rm_file(temporary)
-            return []
     return written
 
 
-#: Suffixes of runs that failed in this process: a write task still running when its run
-#: failed removes what it wrote (the run's clean-up may have passed its files already).
-_ABORTED: set[str] = set()
+class _Writes:
+    """The write tasks of each run running in this process, so that a failed run removes its
+    files only once none of its tasks is still writing (the scheduler gives up on a failed
+    graph while other tasks run on), and tasks that start later write nothing."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running: dict[str, int] = {}
+        self._failed: set[str] = set()
+
+    @contextlib.contextmanager
+    def running(self, run: str):
+        with self._changed:
+            wanted = run not in self._failed
+            self._running[run] = self._running.get(run, 0) + 1
+        try:
+            yield wanted
+        finally:
+            with self._changed:
+                self._running[run] -= 1
+                if not self._running[run]:
+                    del self._running[run]
+                self._changed.notify_all()
+
+    def fail(self, run: str, timeout: float = 60.0) -> None:
+        """Mark ``run`` failed and wait for its tasks running here to end."""
+        with self._changed:
+            self._failed.add(run)
+            self._changed.wait_for(lambda: not self._running.get(run), timeout)
+
+
+_WRITES = _Writes()
 
 
 def write_files(client, outputs: list[FilesOutput], perf, cache_mode, show_progress: bool,
@@ -307,7 +339,7 @@ def write_files(client, outputs: list[FilesOutput], perf, cache_mode, show_progr
     try:
         written = client.compute_collections(tasks, progress=show_progress)
     except BaseException:
-        _ABORTED.add(suffix)  # before the clean-up: a task writing now removes its own files
+        _WRITES.fail(suffix)  # no task of the run writes here any more
         for _, _, target in jobs:
             fs = target.fs
             for p in target.paths:
