@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import gc as garbage
 import itertools
 import os
 import secrets
@@ -200,8 +201,10 @@ class Database:
 
         Versions this process has open (a ``load()`` in progress, a stream reading them, a
         ``zarr_path`` handed out) are kept unless ``include_open`` (then open zarr/dask
-        handles on them read missing chunks).
+        handles on them read missing chunks). Handles nothing reaches any more count as
+        closed, even those in reference cycles the garbage collector has not reached yet.
         """
+        garbage.collect()
         try:
             entries = self.fs.ls(self.root, detail=False)
         except (FileNotFoundError, NotADirectoryError):
