@@ -183,9 +183,8 @@ def _layers(requests: list[tuple[Ref, dict]], partition_size: int | None, sessio
             _source_tasks(node, name, plan, tasks, layers, deps, dependencies,
                           in_place and id(node) in roots, pieces_of)
         elif isinstance(node, OpNode):
-            shared = plan.shared
             _op_tasks(node, name, plan, tasks, layers, deps, dependencies, pieces, session,
-                      instance_key(node), work_packet, workers, shared)
+                      instance_key(node), work_packet, workers, plan.shared)
         else:
             for s, sp in plan.streams.items():
                 for p, rows in enumerate(sp.parts):

@@ -191,7 +191,7 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     from dask.highlevelgraph import HighLevelGraph
 
     _quiet_kernel_errors(dclient)
-    _require_workers(dclient)
+    workers = _require_workers(dclient)
     kwargs.pop("optimize_graph", None)  # the row analysis already built only what is needed
     kwargs.pop("traverse", None)
     wanted = [c for c in collections if is_dask_collection(c)]
@@ -205,7 +205,8 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
     flat = list({id(f): f for f in [*flatten(futures), *watched]}.values())
     try:
         with (_Bar(len(watched), label) if show else contextlib.nullcontext()) as bar:
-            _wait(dclient, flat, {id(f) for f in watched}, bar.update if show else None, label)
+            _wait(dclient, flat, {id(f) for f in watched}, bar.update if show else None, label,
+                  workers)
         parts = dclient.gather(futures)
     except BaseException as exc:
         dclient.cancel(flat)
@@ -230,11 +231,12 @@ def _on_cluster(collections: list, dclient: Any, label: str, show: bool, kwargs:
 
 
 def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None] | None,
-          label: str = "scanner_nb") -> None:
+          label: str, workers: set[str]) -> None:
     """Wait for every future, ticking per finished one whose ``id`` is in ``counted``; raise
     the first failure at once.
 
-    Every ``POLL`` seconds the cluster's workers are looked at: one that left is logged
+    Every ``POLL`` seconds the cluster's workers are looked at (``workers``: those there at
+    the start): one that left is logged
     (``scanner_nb.cluster``) with what Dask now computes again, and with no worker for
     ``NO_WORKERS_TIMEOUT`` seconds the wait ends with a :class:`ScannerError` rather than
     waiting forever.
@@ -243,7 +245,7 @@ def _wait(dclient: Any, futures: list, counted: set, tick: Callable[[int], None]
     for f in futures:
         f.add_done_callback(finished.put)
     pending = {id(f): f for f in futures}
-    workers, looked = _live_workers(dclient), time.monotonic()
+    looked = time.monotonic()
     alone_since = None
     while pending:
         try:
@@ -304,13 +306,16 @@ def _live_workers(dclient: Any) -> set[str]:
                            f"{_address(dclient)}: {exc}") from exc
 
 
-def _require_workers(dclient: Any) -> None:
-    if _live_workers(dclient):
-        return
+def _require_workers(dclient: Any) -> set[str]:
+    """The cluster's workers, waiting up to ``NO_WORKERS_TIMEOUT`` for one."""
+    workers = _live_workers(dclient)
+    if workers:
+        return workers
     try:
         dclient.wait_for_workers(1, timeout=NO_WORKERS_TIMEOUT)
     except (TimeoutError, OSError) as exc:
         raise _no_workers(dclient) from exc
+    return _live_workers(dclient)
 
 
 def _no_workers(dclient: Any) -> ScannerError:

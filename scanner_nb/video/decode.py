@@ -500,9 +500,8 @@ def read_frames(
     Parameters
     ----------
     index : VideoIndex
-        Full or light (:meth:`VideoIndex.summary`): a light one is made full here, once per
-        process.
-        From :func:`~scanner_nb.video.index_video`.
+        From :func:`~scanner_nb.video.index_video`; full or light
+        (:meth:`VideoIndex.summary`): a light one is made full here, once per process.
     rows : array_like of int
         Sorted, unique row indices (unsorted or repeated rows also work, at the cost of a copy).
     out : numpy.ndarray, optional
